@@ -1,0 +1,82 @@
+//! The output of the state machine: what should happen outside it. Every node computes the
+//! same effects from the same entry; only the node hosting the named connection carries them
+//! out (the dispatcher drops the rest). Effects are data, never callbacks.
+
+use crate::ids::{ChannelRef, ConnId};
+use bytes::Bytes;
+
+/// A message as it goes out to a client: the exchange and routing key it was published with,
+/// and its properties blob (flags word first) and body.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutgoingMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+/// The answer to a synchronous method.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    ExchangeDeclareOk,
+    ExchangeDeleteOk,
+    ExchangeBindOk,
+    ExchangeUnbindOk,
+    QueueDeclareOk { queue: String, message_count: u32, consumer_count: u32 },
+    QueueBindOk,
+    QueueUnbindOk,
+    QueuePurgeOk { message_count: u32 },
+    QueueDeleteOk { message_count: u32 },
+    QosOk,
+    ConsumeOk { consumer_tag: String },
+    CancelOk { consumer_tag: String },
+    GetEmpty,
+    RecoverOk,
+    FlowOk { active: bool },
+    TxCommitOk,
+    ChannelCloseOk,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    Reply { ch: ChannelRef, reply: Reply },
+    /// basic.deliver to a consumer.
+    Deliver {
+        ch: ChannelRef,
+        consumer_tag: String,
+        delivery_tag: u64,
+        redelivered: bool,
+        message: OutgoingMessage,
+    },
+    /// basic.get-ok.
+    GetOk { ch: ChannelRef, delivery_tag: u64, redelivered: bool, message_count: u32, message: OutgoingMessage },
+    /// basic.return of a mandatory publish that reached no queue (312 NO_ROUTE).
+    Return { ch: ChannelRef, reply_code: u16, reply_text: String, message: OutgoingMessage },
+    /// A publisher confirm (ack) or negative confirm (nack) for one publish sequence number.
+    /// Confirms for one channel come in sequence order; the connection folds runs of acks
+    /// into one `multiple=true` ack.
+    Confirm { ch: ChannelRef, seq: u64, ack: bool },
+    /// A server-initiated basic.cancel (the queue was deleted, ...): consumer_cancel_notify.
+    CancelConsumer { ch: ChannelRef, consumer_tag: String },
+    /// Close the channel with an error (a soft error: 403, 404, 405, 406, ...). The machine has
+    /// already forgotten the channel's consumers and requeued its deliveries.
+    ChannelError { ch: ChannelRef, reply_code: u16, reply_text: String, class_id: u16, method_id: u16 },
+    /// Close the whole connection with an error (a hard error: 503, 530, 541, ...).
+    ConnectionError { conn: ConnId, reply_code: u16, reply_text: String, class_id: u16, method_id: u16 },
+}
+
+impl Effect {
+    /// The connection that carries this effect out.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Effect::Reply { ch, .. }
+            | Effect::Deliver { ch, .. }
+            | Effect::GetOk { ch, .. }
+            | Effect::Return { ch, .. }
+            | Effect::Confirm { ch, .. }
+            | Effect::CancelConsumer { ch, .. }
+            | Effect::ChannelError { ch, .. } => ch.conn,
+            Effect::ConnectionError { conn, .. } => *conn,
+        }
+    }
+}

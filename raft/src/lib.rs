@@ -1,0 +1,2 @@
+pub use openraft;
+pub use rocksdb;
