@@ -17,3 +17,13 @@ pub mod ids;
 pub mod log;
 pub mod machine;
 pub mod reply_code;
+pub mod protocol;
+
+// The socket-facing half. `machine_only` lets the state machine be built and tested on its
+// own while these change.
+#[cfg(not(machine_only))]
+pub mod connection;
+#[cfg(not(machine_only))]
+pub mod dispatch;
+#[cfg(not(machine_only))]
+pub mod server;

@@ -1,1 +1,27 @@
-fn main(){}
+//! The `raftmq` binary: `serve` runs a broker node; the other subcommands talk to a running
+//! node over HTTP. Errors end the process with a message and exit code 1.
+//!
+//! - `args`: the clap definitions (every flag has help text and a RAFTMQ_* variable)
+//! - `config`: flags > environment > TOML file > defaults
+//! - `serve`: wires the log, the broker and the HTTP endpoints together
+//! - `http`: the HTTP endpoints (/health)
+
+mod args;
+mod config;
+mod http;
+mod serve;
+
+use anyhow::Result;
+use clap::Parser;
+
+fn main() {
+    let cli = args::Cli::parse();
+    let result: Result<()> = match cli.command {
+        args::Command::Serve(a) => config::ServeConfig::resolve(a).and_then(serve::run),
+        args::Command::Health(a) => http::print_health(a.http),
+    };
+    if let Err(e) = result {
+        eprintln!("raftmq: error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -2,38 +2,175 @@
 //! No I/O, no clock (time is `Entry::now_ms`), no randomness, no hash-order iteration.
 //! Everything durable the broker knows lives in `State`: exchanges, bindings, queues and their
 //! messages, consumers, channels' unacknowledged deliveries.
+//!
+//! Module map:
+//! - [`command`], [`effect`]: the contract with the connection layer and the log.
+//! - [`exchange`]: exchange kinds, bindings, declare equivalence.
+//! - [`routing`]: direct / fanout / topic / headers routing, exchange-to-exchange bindings,
+//!   alternate exchanges.
+//! - [`queue`]: queue arguments, ready messages in (priority, sequence) order, limits.
+//! - [`channel`]: channels (delivery tags, unacked deliveries, prefetch, flow) and consumers.
+//! - `delivery`: enqueue, deliver, settle, requeue, expiry, and clean-up on delete/close.
+//! - `dead_letter`: x-death and republishing to dead-letter exchanges.
+//! - `apply`: the command dispatcher and the AMQP-level checks and replies.
 
+pub mod channel;
 pub mod command;
+pub mod dead_letter;
 pub mod effect;
+pub mod exchange;
+pub mod queue;
+pub mod routing;
 
+mod apply;
+mod delivery;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use crate::ids::{ChannelRef, ConnId};
+use bytes::Bytes;
+use channel::{Channel, Consumer};
 use command::Entry;
+use dead_letter::DeadLetter;
 use effect::Effect;
+use exchange::{Destination, Exchange, BUILT_IN};
+use queue::{Queue, QueuedMessage};
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Counters of message copies entering and leaving queues. Every copy that entered a queue
+/// (`enqueued`) is ready, unacknowledged, or has left (`removed`: acked, auto-acked, dropped,
+/// expired, dead-lettered, purged, deleted with its queue). The property tests check this.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub enqueued: u64,
+    pub removed: u64,
+}
 
 /// The whole replicated broker state.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct State {
     /// Highest log index applied (0 before the first).
     pub last_index: u64,
     /// The machine's clock: max of all `Entry::now_ms` seen.
     pub now_ms: u64,
+    pub exchanges: BTreeMap<String, Exchange>,
+    /// Reverse index of bindings: destination -> (source exchange, routing key).
+    pub bindings_by_dest: BTreeMap<Destination, BTreeSet<(String, String)>>,
+    pub queues: BTreeMap<u64, Queue>,
+    pub queue_by_name: BTreeMap<String, u64>,
+    /// Exclusive queues by owning connection.
+    pub owned_queues: BTreeSet<(ConnId, u64)>,
+    /// Queues with expiring messages or x-expires (visited by the timers on every entry).
+    pub timed_queues: BTreeSet<u64>,
+    pub channels: BTreeMap<ChannelRef, Channel>,
+    pub consumers: BTreeMap<u64, Consumer>,
+    /// Channels closed by a channel error whose `ChannelClosed` has not come yet: their
+    /// later (pipelined) commands are ignored.
+    pub errored_channels: BTreeSet<ChannelRef>,
+    /// Connections closed by a connection error, until their `ConnectionClosed`.
+    pub errored_conns: BTreeSet<ConnId>,
+    pub next_queue_id: u64,
+    pub next_consumer_id: u64,
+    pub stats: Stats,
 }
 
+impl Default for State {
+    fn default() -> State {
+        State::new()
+    }
+}
+
+/// Work in progress while one entry is applied: the effects so far, queues that may be able
+/// to deliver, and dead letters waiting to be republished.
+#[derive(Default)]
+pub(crate) struct Ctx {
+    pub fx: Vec<Effect>,
+    pub dirty: BTreeSet<u64>,
+    pub dead: VecDeque<DeadLetter>,
+}
+
+/// One copy of a message on its way into a queue (from a publish or a dead-lettering).
+#[derive(Clone, Copy)]
+pub(crate) struct Incoming<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub properties: &'a Bytes,
+    pub body: &'a Bytes,
+    pub persistent: bool,
+    pub priority: u8,
+    pub expiration_ms: Option<u64>,
+}
+
+impl Incoming<'_> {
+    fn to_queued(self, expires_at_ms: Option<u64>) -> QueuedMessage {
+        QueuedMessage {
+            exchange: self.exchange.to_owned(),
+            routing_key: self.routing_key.to_owned(),
+            properties: self.properties.clone(),
+            body: self.body.clone(),
+            persistent: self.persistent,
+            priority: self.priority,
+            expires_at_ms,
+            redelivered: false,
+        }
+    }
+}
+
+/// Version byte in front of an encoded snapshot.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+
 impl State {
+    /// A fresh broker: the vhost "/" with its pre-declared exchanges.
     pub fn new() -> State {
-        State::default()
+        let mut exchanges = BTreeMap::new();
+        for (name, kind) in BUILT_IN {
+            exchanges.insert(name.to_owned(), Exchange::new(name, kind, true, false, false, Default::default()));
+        }
+        State {
+            last_index: 0,
+            now_ms: 0,
+            exchanges,
+            bindings_by_dest: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            queue_by_name: BTreeMap::new(),
+            owned_queues: BTreeSet::new(),
+            timed_queues: BTreeSet::new(),
+            channels: BTreeMap::new(),
+            consumers: BTreeMap::new(),
+            errored_channels: BTreeSet::new(),
+            errored_conns: BTreeSet::new(),
+            next_queue_id: 0,
+            next_consumer_id: 0,
+            stats: Stats::default(),
+        }
     }
 
     /// Applies one committed log entry and returns what should happen outside.
     pub fn apply(&mut self, index: u64, entry: &Entry) -> Vec<Effect> {
         self.last_index = index;
         self.now_ms = self.now_ms.max(entry.now_ms);
-        Vec::new()
+        let mut cx = Ctx::default();
+        self.run_timers(&mut cx);
+        self.run_pending(&mut cx);
+        for command in &entry.commands {
+            self.apply_command(command, &mut cx);
+            self.run_pending(&mut cx);
+        }
+        cx.fx
+    }
+
+    /// The queue with this name, if any.
+    pub fn queue(&self, name: &str) -> Option<&Queue> {
+        self.queues.get(self.queue_by_name.get(name)?)
     }
 
     /// Encodes the state for a snapshot (version byte first).
     pub fn encode_snapshot(&self) -> Vec<u8> {
-        let mut out = vec![1u8];
+        let mut out = vec![SNAPSHOT_FORMAT_VERSION];
         out.extend(postcard::to_allocvec(self).expect("state serializes"));
         out
     }
@@ -41,7 +178,7 @@ impl State {
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, command::EntryDecodeError> {
         match bytes.split_first() {
             None => Err(command::EntryDecodeError::Empty),
-            Some((1, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&SNAPSHOT_FORMAT_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
             Some((v, _)) => Err(command::EntryDecodeError::Version(*v)),
         }
     }

@@ -1,0 +1,444 @@
+//! [`LogNode`]: one node's replicated log, as the broker uses it. `open` locks the data
+//! directory, opens RocksDB, starts openraft, forms a one-member group on a fresh directory and
+//! waits until the node leads and has applied its whole log; `spawn_proposer` turns the broker's
+//! proposal channel into group-committed entries; `shutdown` drains and closes everything in
+//! order. Membership changes and the node-to-node transport are not here (the network is the
+//! pluggable stub in `network.rs`), so the stores and this type carry over to clusters.
+
+use crate::lock::{DataDirLock, LockError};
+use crate::network::NoNetwork;
+use crate::proposer::{now_ms, BatchLimits, Batcher};
+use crate::state_machine::{open_stores, Applied, ApplyStats};
+use crate::store::{open_db, StoreError};
+use crate::types::{NodeInfo, Raft, RaftMetrics};
+use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use raftmq_broker::ids::NodeId;
+use raftmq_broker::log::{EffectSink, ProposalReceiver};
+use raftmq_broker::machine::command::{Command, Entry};
+use raftmq_broker::machine::State;
+use rocksdb::DB;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// Everything [`LogNode::open`] needs. Build it with [`LogConfig::new`] and adjust fields.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// This node's id in the Raft group (`--node-id`); stable across restarts.
+    pub node_id: NodeId,
+    /// The data directory; the database lives in `<data_dir>/db`.
+    pub data_dir: PathBuf,
+    /// This node's addresses and zone, recorded in the membership.
+    pub node: NodeInfo,
+    /// At most this many commands go into one log entry.
+    pub max_commands_per_entry: usize,
+    /// At most about this many bytes (by `Command::approx_size`) go into one log entry; a
+    /// single larger command still gets an entry of its own.
+    pub max_bytes_per_entry: usize,
+    /// At most this many entries are proposed and not yet applied at a time.
+    pub max_entries_in_flight: usize,
+    /// With no command for this long, an empty entry is proposed so the machine's clock moves.
+    pub tick_interval: Duration,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept after a snapshot (so a slightly lagging follower can catch up from the
+    /// log instead of a snapshot).
+    pub logs_kept_after_snapshot: u64,
+    /// How often the leader sends heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Election timeout range; a follower that hears no leader for this long campaigns.
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// How long `open` waits for the node to lead and apply its log (replay included).
+    pub open_timeout: Duration,
+    /// How long `shutdown` waits for proposers to write what they queued.
+    pub shutdown_timeout: Duration,
+}
+
+impl LogConfig {
+    pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>, node: NodeInfo) -> LogConfig {
+        LogConfig {
+            node_id,
+            data_dir: data_dir.into(),
+            node,
+            max_commands_per_entry: 4096,
+            max_bytes_per_entry: 8 * 1024 * 1024,
+            max_entries_in_flight: 16,
+            tick_interval: Duration::from_millis(100),
+            snapshot_every_entries: 20_000,
+            logs_kept_after_snapshot: 1_000,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
+            open_timeout: Duration::from_secs(120),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn raft_config(&self) -> Result<Config, openraft::ConfigError> {
+        Config {
+            cluster_name: "raftmq".to_string(),
+            heartbeat_interval: self.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: self.election_timeout_min.as_millis() as u64,
+            election_timeout_max: self.election_timeout_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            // Purge in steps (each is one range delete), but never in steps longer than the
+            // snapshot interval, or a small interval would keep far more log than it says.
+            purge_batch_size: (self.snapshot_every_entries / 4).clamp(1, 256),
+            ..Config::default()
+        }
+        .validate()
+    }
+}
+
+/// Why [`LogNode::open`] failed.
+#[derive(Debug, Error)]
+pub enum LogOpenError {
+    #[error("cannot create data directory {dir}: {source}")]
+    CreateDir { dir: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("cannot open the log in {dir}: {source}")]
+    Store { dir: PathBuf, source: StoreError },
+    #[error("invalid raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft failed to start: {0}")]
+    Raft(Fatal<NodeId>),
+    #[error("cannot form the one-member raft group: {0}")]
+    Initialize(String),
+    #[error("data directory {dir} holds the log of a raft group without node {node_id} (its members: {members:?}); use that node's id or another directory")]
+    ForeignNode { dir: PathBuf, node_id: NodeId, members: Vec<NodeId> },
+    #[error("the log did not become ready within {timeout:?}: {detail}")]
+    NotReady { timeout: Duration, detail: String },
+}
+
+/// Why a synchronous proposal ([`LogNode::start_node`]) failed.
+#[derive(Debug, Error)]
+pub enum ProposeError {
+    #[error("this node is not the leader (leader: {})", leader.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()))]
+    NotLeader { leader: Option<NodeId> },
+    #[error("the log is stopped: {0}")]
+    Stopped(Fatal<NodeId>),
+    #[error("the log write failed: {0}")]
+    Failed(String),
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ProposeError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ProposeError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader { leader: f.leader_id },
+            RaftError::APIError(other) => ProposeError::Failed(other.to_string()),
+            RaftError::Fatal(fatal) => ProposeError::Stopped(fatal),
+        }
+    }
+}
+
+/// This node's part in the group, for `/health` and `cluster status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Leader of a group whose only voter is this node.
+    Standalone,
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+
+    fn of(metrics: &RaftMetrics) -> Role {
+        match metrics.state {
+            ServerState::Leader => {
+                let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+                if voters.len() == 1 && voters.contains(&metrics.id) {
+                    Role::Standalone
+                } else {
+                    Role::Leader
+                }
+            }
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A cheap, cloneable read-only view of a node's log, for status endpoints that live apart from
+/// the owner of the [`LogNode`].
+#[derive(Clone)]
+pub struct LogStatus {
+    raft: Raft,
+    applied: Arc<RwLock<Applied>>,
+    stats: Arc<ApplyStats>,
+}
+
+impl LogStatus {
+    pub fn role(&self) -> Role {
+        Role::of(&self.raft.metrics().borrow())
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    /// Runs `f` on the applied broker state under a read lock. Keep `f` short: applying waits
+    /// for it.
+    pub fn read_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        let applied = self.applied.read().unwrap_or_else(|p| p.into_inner());
+        f(&applied.state)
+    }
+
+    /// (normal entries, commands) applied since this node was opened, replay included.
+    pub fn applied_counts(&self) -> (u64, u64) {
+        (self.stats.entries.load(Ordering::Relaxed), self.stats.commands.load(Ordering::Relaxed))
+    }
+}
+
+/// One node's replicated log: openraft over RocksDB, applying into the broker's `State`.
+pub struct LogNode {
+    config: LogConfig,
+    raft: Raft,
+    db: Arc<DB>,
+    status: LogStatus,
+    sink: Arc<dyn EffectSink>,
+    stop: watch::Sender<bool>,
+    done_tx: mpsc::Sender<()>,
+    done_rx: mpsc::Receiver<()>,
+    lock: DataDirLock,
+    span: tracing::Span,
+}
+
+impl LogNode {
+    /// Opens the node's log in `config.data_dir` (created if missing) and returns once this node
+    /// leads a group and has applied its whole log. Fails at once when another process holds the
+    /// data directory.
+    pub async fn open(config: LogConfig, sink: Arc<dyn EffectSink>) -> Result<LogNode, LogOpenError> {
+        let span = tracing::info_span!("raft", node = config.node_id);
+        Self::open_inner(config, sink, span.clone()).instrument(span).await
+    }
+
+    async fn open_inner(config: LogConfig, sink: Arc<dyn EffectSink>, span: tracing::Span) -> Result<LogNode, LogOpenError> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| LogOpenError::CreateDir { dir: dir.clone(), source })?;
+        // The lock comes first: nothing in the directory is touched before we own it.
+        let lock = DataDirLock::acquire(&dir)?;
+        let raft_config = Arc::new(config.raft_config()?);
+
+        let db_path = dir.join("db");
+        let store_err = |source| LogOpenError::Store { dir: dir.clone(), source };
+        let db = tokio::task::spawn_blocking(move || open_db(&db_path))
+            .await
+            .map_err(|e| store_err(StoreError::Join(e)))?
+            .map_err(store_err)?;
+        let (log_store, sm) = open_stores(db.clone(), sink.clone()).map_err(store_err)?;
+        let applied = sm.applied();
+        let stats = sm.stats();
+
+        let raft = Raft::new(config.node_id, raft_config, NoNetwork, log_store, sm).await.map_err(LogOpenError::Raft)?;
+        let status = LogStatus { raft: raft.clone(), applied, stats };
+        let (stop, _) = watch::channel(false);
+        let (done_tx, done_rx) = mpsc::channel(1);
+        let node = LogNode { config, raft, db, status, sink, stop, done_tx, done_rx, lock, span };
+        match node.become_ready().await {
+            Ok(()) => Ok(node),
+            Err(e) => {
+                node.shutdown().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Forms the one-member group on a fresh log; on an existing one, campaigns at once when this
+    /// node is the only voter (instead of waiting an election timeout). Then waits until this
+    /// node leads and has applied everything in its log.
+    async fn become_ready(&self) -> Result<(), LogOpenError> {
+        let id = self.config.node_id;
+        let initialized = self.raft.is_initialized().await.map_err(LogOpenError::Raft)?;
+        if !initialized {
+            tracing::info!(node = %self.config.node, "fresh log: forming a one-member raft group");
+            let members = BTreeMap::from([(id, self.config.node.clone())]);
+            match self.raft.initialize(members).await {
+                Ok(()) => {}
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::info!(reason = %e, "raft group already formed");
+                }
+                Err(e) => return Err(LogOpenError::Initialize(e.to_string())),
+            }
+        } else {
+            let metrics = self.status.metrics();
+            let membership = metrics.membership_config.membership();
+            let members: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
+            if !members.contains(&id) {
+                // Waiting would only time out: nobody in that group will ever talk to us.
+                return Err(LogOpenError::ForeignNode { dir: self.config.data_dir.clone(), node_id: id, members });
+            }
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            if voters.len() == 1 && voters.contains(&id) {
+                if let Err(e) = self.raft.trigger().elect().await {
+                    return Err(LogOpenError::Raft(e));
+                }
+            }
+        }
+
+        let timeout = self.config.open_timeout;
+        let sole_voter = |m: &RaftMetrics| {
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            voters.len() == 1 && voters.contains(&m.id)
+        };
+        let ready = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                move |m| {
+                    let caught_up = m.last_applied.map(|l| l.index) >= m.last_log_index;
+                    // With peers, being caught up with any leader is enough; a one-member group
+                    // must lead itself.
+                    caught_up && (m.state == ServerState::Leader || (!sole_voter(m) && m.current_leader.is_some()))
+                },
+                "leader (or following one) with the whole log applied",
+            )
+            .await;
+        match ready {
+            Ok(m) => {
+                tracing::info!(role = %Role::of(&m), term = m.current_term, last_applied = ?m.last_applied.map(|l| l.index), "log ready");
+                Ok(())
+            }
+            Err(e) => Err(LogOpenError::NotReady { timeout, detail: e.to_string() }),
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.config.data_dir
+    }
+
+    /// Proposes `NodeStarted { node, epoch, drop_transient }` for this node and returns once it
+    /// is applied: every connection of this node's earlier lives is gone from the state.
+    pub async fn start_node(&self, epoch: u64, drop_transient: bool) -> Result<(), ProposeError> {
+        let entry = Entry {
+            now_ms: now_ms(),
+            commands: vec![Command::NodeStarted { node: self.config.node_id, epoch, drop_transient }],
+        };
+        let response = self.raft.client_write(entry).instrument(self.span.clone()).await?;
+        tracing::info!(parent: &self.span, epoch, drop_transient, index = response.log_id.index, "node started");
+        Ok(())
+    }
+
+    /// Starts the group-commit batcher that reads `proposals` until the channel closes (every
+    /// `Proposer` dropped) or the node shuts down, and writes them to the log in order.
+    pub fn spawn_proposer(&self, proposals: ProposalReceiver) -> JoinHandle<()> {
+        let batcher = Batcher {
+            raft: self.raft.clone(),
+            sink: self.sink.clone(),
+            limits: BatchLimits {
+                max_commands_per_entry: self.config.max_commands_per_entry.max(1),
+                max_bytes_per_entry: self.config.max_bytes_per_entry.max(1),
+                max_entries_in_flight: self.config.max_entries_in_flight.max(1),
+                tick_interval: self.config.tick_interval,
+            },
+            stop: self.stop.subscribe(),
+            _done: self.done_tx.clone(),
+        };
+        let span = tracing::info_span!(parent: &self.span, "proposer");
+        tokio::spawn(batcher.run(proposals).instrument(span))
+    }
+
+    pub fn role(&self) -> Role {
+        self.status.role()
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.status.metrics()
+    }
+
+    /// A cloneable read-only view (role, metrics, state) for other tasks.
+    pub fn status(&self) -> LogStatus {
+        self.status.clone()
+    }
+
+    /// Runs `f` on the applied broker state under a read lock.
+    pub fn read_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        self.status.read_state(f)
+    }
+
+    /// The openraft handle, for the transport and admin commands of later issues.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Stops the proposers after they wrote what was queued, stops raft, closes RocksDB, and
+    /// releases the data directory's lock, in that order.
+    pub async fn shutdown(self) {
+        let span = self.span.clone();
+        self.shutdown_inner().instrument(span).await
+    }
+
+    async fn shutdown_inner(self) {
+        let LogNode { config, raft, db, status, sink, stop, done_tx, mut done_rx, lock, span: _ } = self;
+        let _ = stop.send(true);
+        drop(done_tx);
+        // Every batcher holds a clone of `done_tx`; recv returns None once all have finished.
+        if tokio::time::timeout(config.shutdown_timeout, done_rx.recv()).await.is_err() {
+            tracing::warn!(timeout = ?config.shutdown_timeout, "proposers did not drain in time; stopping raft anyway");
+        }
+        if let Err(e) = raft.shutdown().await {
+            tracing::warn!(error = %e, "raft core ended with an error");
+        }
+        drop(raft);
+        drop(status);
+        drop(sink);
+        // openraft's state-machine task and a snapshot build may still hold the database for a
+        // moment after the core stopped; the lock must outlive the last handle, or a successor
+        // could open the directory while we still write to it.
+        let deadline = tokio::time::Instant::now() + config.shutdown_timeout;
+        while Arc::strong_count(&db) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Err(e) = db.flush_wal(true) {
+            tracing::warn!(error = %e, "flushing the write-ahead log at shutdown failed");
+        }
+        match Arc::try_unwrap(db) {
+            Ok(db) => drop(db),
+            Err(db) => {
+                // Keep the lock: releasing it with the database still open would let another
+                // process in. Leak both until the process exits.
+                tracing::error!(handles = Arc::strong_count(&db), "database still in use at shutdown; keeping the lock until exit");
+                std::mem::forget(db);
+                std::mem::forget(lock);
+                return;
+            }
+        }
+        lock.release();
+        tracing::info!("log closed");
+    }
+}

@@ -1,0 +1,378 @@
+//! The RocksDB database under `<data_dir>/db` and the Raft log store on top of it.
+//!
+//! One database holds three column families:
+//! - `logs`: key = log index as big-endian u64 (so RocksDB's byte order is log order), value =
+//!   one encoded log entry (see [`encode_log_entry`]);
+//! - `meta`: the vote, the last purged log id and the committed log id;
+//! - `sm`: the latest state-machine snapshot (written by `state_machine.rs`).
+//!
+//! This file holds the database and [`LogStore`] (openraft's `RaftLogStorage` and
+//! `RaftLogReader`); the state machine lives in `state_machine.rs`. Nothing here knows about
+//! membership or the network, so the same store serves a one-member group and a cluster.
+
+use crate::types::{LogEntry, LogId, NodeInfo, StorageError, TypeConfig, Vote};
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, Membership, OptionalSend, StorageIOError};
+use raftmq_broker::ids::NodeId;
+use raftmq_broker::machine::command::Entry as CommandBatch;
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+
+pub(crate) const CF_LOGS: &str = "logs";
+pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_SM: &str = "sm";
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+const KEY_COMMITTED: &[u8] = b"committed";
+
+/// Version byte in front of every stored log entry and meta value.
+const LOG_FORMAT_VERSION: u8 = 1;
+const KIND_BLANK: u8 = 0;
+const KIND_NORMAL: u8 = 1;
+const KIND_MEMBERSHIP: u8 = 2;
+
+/// Why the stores could not be opened.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot open the RocksDB database at {path}: {source}")]
+    Open { path: String, source: rocksdb::Error },
+    #[error("RocksDB error: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    #[error("corrupt {what} in the database: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+    #[error("a blocking storage task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+impl StoreError {
+    pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
+        StoreError::Corrupt { what, detail: detail.to_string() }
+    }
+}
+
+/// Opens (creating if missing) the database with its column families. The caller holds the
+/// data directory's lock, so no other process has it open.
+pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // The write-ahead log is what makes a synced write durable; keep RocksDB's defaults for it
+    // (enabled, flushed on every write) and never disable it for any column family.
+    let cfs = [CF_LOGS, CF_META, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs)
+        .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+    Ok(Arc::new(db))
+}
+
+pub(crate) fn cf<'a>(db: &'a DB, name: &'static str) -> &'a rocksdb::ColumnFamily {
+    // The three families are created by `open_db` and never dropped.
+    db.cf_handle(name).expect("column family created at open")
+}
+
+/// Write options for writes that must survive a power loss before we report them done.
+pub(crate) fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::corrupt("log key", format!("{} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+/// Encodes a log entry: version byte, postcard of the log id, a kind byte, then the payload.
+/// A normal entry's payload is the broker's own versioned encoding of the command batch
+/// (`Entry::encode`, pinned by golden-byte tests in the broker), so the bytes on disk are the
+/// broker's public format rather than whatever serde shape openraft's wrapper has.
+pub(crate) fn encode_log_entry(entry: &LogEntry) -> Result<Vec<u8>, postcard::Error> {
+    let out = vec![LOG_FORMAT_VERSION];
+    let mut out = postcard::to_extend(&entry.log_id, out)?;
+    match &entry.payload {
+        EntryPayload::Blank => out.push(KIND_BLANK),
+        EntryPayload::Normal(batch) => {
+            out.push(KIND_NORMAL);
+            out.extend_from_slice(&batch.encode());
+        }
+        EntryPayload::Membership(membership) => {
+            out.push(KIND_MEMBERSHIP);
+            out = postcard::to_extend(membership, out)?;
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StoreError> {
+    let rest = match bytes.split_first() {
+        Some((&LOG_FORMAT_VERSION, rest)) => rest,
+        Some((v, _)) => return Err(StoreError::corrupt("log entry", format!("unknown format version {v}"))),
+        None => return Err(StoreError::corrupt("log entry", "empty value")),
+    };
+    let (log_id, rest): (LogId, &[u8]) =
+        postcard::take_from_bytes(rest).map_err(|e| StoreError::corrupt("log entry id", e))?;
+    let payload = match rest.split_first() {
+        Some((&KIND_BLANK, _)) => EntryPayload::Blank,
+        Some((&KIND_NORMAL, batch)) => {
+            EntryPayload::Normal(CommandBatch::decode(batch).map_err(|e| StoreError::corrupt("command batch", e))?)
+        }
+        Some((&KIND_MEMBERSHIP, m)) => {
+            let membership: Membership<NodeId, NodeInfo> =
+                postcard::from_bytes(m).map_err(|e| StoreError::corrupt("membership entry", e))?;
+            EntryPayload::Membership(membership)
+        }
+        Some((k, _)) => return Err(StoreError::corrupt("log entry", format!("unknown kind {k}"))),
+        None => return Err(StoreError::corrupt("log entry", "missing kind")),
+    };
+    Ok(LogEntry { log_id, payload })
+}
+
+/// Meta values: a version byte, then postcard.
+pub(crate) fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, postcard::Error> {
+    postcard::to_extend(value, vec![LOG_FORMAT_VERSION])
+}
+
+pub(crate) fn decode_meta<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&LOG_FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| StoreError::corrupt(what, e)),
+        Some((v, _)) => Err(StoreError::corrupt(what, format!("unknown format version {v}"))),
+        None => Err(StoreError::corrupt(what, "empty value")),
+    }
+}
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+/// The Raft log and vote on RocksDB. Cheap to clone: clones share the database, which is how
+/// openraft's log readers (used by replication) read while the core appends.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: Arc<DB>) -> LogStore {
+        LogStore { db }
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>, StoreError> {
+        match self.db.get_cf(cf(&self.db, CF_META), key)? {
+            None => Ok(None),
+            Some(bytes) => decode_meta(what, &bytes).map(Some),
+        }
+    }
+
+    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
+        self.get_meta(KEY_LAST_PURGED, "last purged log id").map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
+        match iter.next() {
+            None => Ok(None),
+            Some(Err(e)) => Err(io_err(ErrorSubject::Logs, ErrorVerb::Read, e)),
+            Some(Ok((_, value))) => {
+                let entry = decode_log_entry(&value).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+
+    /// Runs a RocksDB write on the blocking pool: a synced write waits for fsync, and that must
+    /// not stall a runtime worker that also drives the AMQP connections.
+    async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let opts = if sync { synced() } else { WriteOptions::default() };
+            db.write_opt(batch, &opts)
+        })
+        .await??;
+        Ok(())
+    }
+
+    fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<LogEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let from = index_key(start);
+        for item in self.db.iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::From(&from, Direction::Forward)) {
+            let (key, value) = item?;
+            let index = key_index(&key)?;
+            let in_range = match end {
+                Bound::Included(e) => index <= e,
+                Bound::Excluded(e) => index < e,
+                Bound::Unbounded => true,
+            };
+            if !in_range {
+                break;
+            }
+            entries.push(decode_log_entry(&value)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<LogEntry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(s) => *s,
+            Bound::Excluded(s) => match s.checked_add(1) {
+                Some(s) => s,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        let end = range.end_bound().cloned();
+        self.read_range(start, end).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.last_purged()?;
+        // With every entry purged the log is empty, and its last id is the last purged one.
+        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        Ok(LogState { last_purged_log_id, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // Durability: a vote must be on disk before this node answers the vote request or acts
+        // as leader of that term; forgetting it after a crash could let the node vote twice in
+        // one term and elect two leaders. So it is a synced write.
+        let value = encode_meta(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META), KEY_VOTE, value);
+        self.write(batch, true).await.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE, "vote").map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Durability: not synced. The committed id is a hint that lets a restarted node re-apply
+        // its committed entries before it hears from a leader; the entries themselves are already
+        // synced by `append`, and losing the latest value only means the node re-learns it from
+        // the next commit. A later synced write (append, vote) makes it durable anyway, since
+        // RocksDB's write-ahead log is sequential.
+        let value = encode_meta(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META), KEY_COMMITTED, value);
+        self.write(batch, false).await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> = self
+            .get_meta(KEY_COMMITTED, "committed log id")
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = LogEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let logs = cf(&self.db, CF_LOGS);
+        for entry in entries {
+            let value = encode_log_entry(&entry)
+                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+            batch.put_cf(logs, index_key(entry.log_id.index), value);
+        }
+        // Durability: every entry of this call goes into ONE write batch (atomic in RocksDB's
+        // write-ahead log) written with sync=true, i.e. fsync'ed before `write` returns. Only
+        // then do we tell openraft that the entries are flushed: the leader counts its own copy
+        // toward the commit quorum on this signal, and a commit is what releases publisher
+        // confirms. Calling the callback earlier could confirm a publish that a power loss then
+        // erases.
+        let result = self.write(batch, true).await;
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "appending to the raft log failed");
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Deletes [log_id.index, end): conflicting entries a follower got from an old leader.
+        // Durability: synced, so that a crash cannot resurrect entries that the new leader
+        // replaced. (A later synced append would also persist it; syncing here keeps the
+        // reasoning local and truncation is rare.)
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf(&self.db, CF_LOGS), index_key(log_id.index), index_key(u64::MAX));
+        batch.delete_cf(cf(&self.db, CF_LOGS), index_key(u64::MAX));
+        self.write(batch, true).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Deletes [0, log_id.index] and records log_id as the last purged id, in one atomic
+        // batch so `get_log_state` never sees a gap without knowing why. openraft purges only
+        // entries covered by a snapshot that `state_machine.rs` has already written synced, so
+        // the purge itself need not be synced: if it is lost, the old entries come back and
+        // are simply purged again.
+        let value = encode_meta(&log_id).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_META), KEY_LAST_PURGED, value);
+        batch.delete_range_cf(cf(&self.db, CF_LOGS), index_key(0), index_key(log_id.index.saturating_add(1)));
+        self.write(batch, false).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+    use raftmq_broker::machine::command::Command;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId { leader_id: CommittedLeaderId::new(term, 7), index }
+    }
+
+    #[test]
+    fn log_entry_encoding_round_trips_every_payload_kind() {
+        let batch = CommandBatch {
+            now_ms: 1_700_000_000_000,
+            commands: vec![Command::NodeStarted { node: 1, epoch: 3, drop_transient: true }],
+        };
+        let mut nodes = BTreeMap::new();
+        nodes.insert(1, NodeInfo { raft_addr: "a:1".into(), amqp_addr: "a:2".into(), zone: "z1".into() });
+        let membership = Membership::new(vec![BTreeSet::from([1])], nodes);
+        for payload in [EntryPayload::Blank, EntryPayload::Normal(batch), EntryPayload::Membership(membership)] {
+            let entry = LogEntry { log_id: log_id(2, 9), payload };
+            let bytes = encode_log_entry(&entry).expect("encodes");
+            assert_eq!(bytes[0], LOG_FORMAT_VERSION);
+            assert_eq!(decode_log_entry(&bytes).expect("decodes"), entry);
+        }
+    }
+
+    #[test]
+    fn log_keys_sort_in_log_order() {
+        assert!(index_key(255) < index_key(256));
+        assert!(index_key(1) < index_key(u64::MAX));
+        assert_eq!(key_index(&index_key(12345)).expect("8 bytes"), 12345);
+    }
+}

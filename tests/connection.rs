@@ -1,0 +1,82 @@
+//! Connection negotiation (AMQP 0-9-1 spec 2.2.4, RabbitMQ access control docs).
+
+use crate::common::*;
+use lapin::{Connection, ConnectionProperties};
+use std::io::{Read, Write};
+
+/// Spec 4.2.2: a client that sends a protocol header we do not speak gets ours back and the
+/// socket closes.
+#[test]
+fn a_wrong_protocol_header_is_answered_with_ours_and_closed() {
+    let broker = Broker::start();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", broker.amqp_port)).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(b"AMQP\x00\x00\x08\x00").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    assert_eq!(buf, b"AMQP\x00\x00\x09\x01");
+}
+
+#[tokio::test]
+async fn guest_connects_from_loopback_and_opens_many_channels() {
+    let broker = Broker::start();
+    let conn = broker.connect().await;
+    let mut channels = Vec::new();
+    for _ in 0..20 {
+        channels.push(conn.create_channel().await.expect("channel.open"));
+    }
+    for ch in &channels {
+        ch.close(200, "bye".into()).await.expect("channel.close");
+    }
+    conn.close(200, "bye".into()).await.expect("connection.close");
+}
+
+/// RabbitMQ access control: wrong credentials are refused with 403 ACCESS_REFUSED
+/// (authentication_failure_close).
+#[tokio::test]
+async fn wrong_credentials_are_refused_with_access_refused() {
+    let broker = Broker::start();
+    let uri = format!("amqp://guest:wrong@127.0.0.1:{}/%2f", broker.amqp_port);
+    let err = Connection::connect(&uri, ConnectionProperties::default()).await.err().expect("login must fail");
+    assert_eq!(reply_code(&err), Some(403), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_configured_user_logs_in_and_others_do_not() {
+    let broker = Broker::start_with(&["--default-user", "app", "--default-pass", "s3cret"]);
+    let ok = format!("amqp://app:s3cret@127.0.0.1:{}/%2f", broker.amqp_port);
+    let conn = Connection::connect(&ok, ConnectionProperties::default()).await.expect("app logs in");
+    conn.close(200, "bye".into()).await.unwrap();
+    let bad = format!("amqp://app:nope@127.0.0.1:{}/%2f", broker.amqp_port);
+    assert!(Connection::connect(&bad, ConnectionProperties::default()).await.is_err());
+}
+
+/// Only the default vhost `/` exists: another is refused (530 NOT_ALLOWED, as RabbitMQ).
+#[tokio::test]
+async fn an_unknown_vhost_is_refused() {
+    let broker = Broker::start();
+    let uri = format!("amqp://guest:guest@127.0.0.1:{}/nope", broker.amqp_port);
+    let err = Connection::connect(&uri, ConnectionProperties::default()).await.err().expect("vhost must be refused");
+    assert_eq!(reply_code(&err), Some(530), "{err:?}");
+}
+
+/// RabbitMQ's server properties announce the capabilities clients look for.
+#[test]
+fn connection_start_announces_rabbitmq_capabilities() {
+    let broker = Broker::start();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", broker.amqp_port)).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while got.len() < 7 || got.len() < 8 + u32::from_be_bytes([got[3], got[4], got[5], got[6]]) as usize {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "socket closed before connection.start");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    for cap in ["publisher_confirms", "exchange_exchange_bindings", "basic.nack", "consumer_cancel_notify",
+        "connection.blocked", "authentication_failure_close", "per_consumer_qos", "PLAIN", "AMQPLAIN", "en_US"] {
+        assert!(text.contains(cap), "connection.start lacks {cap}");
+    }
+}
