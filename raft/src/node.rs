@@ -91,6 +91,9 @@ impl LogConfig {
             election_timeout_max: self.election_timeout_max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_entries),
             max_in_snapshot_log_to_keep: self.logs_kept_after_snapshot,
+            // An entry may be up to `max_bytes_per_entry` (8 MiB); openraft's default of 300
+            // entries per AppendEntries could make one RPC gigabytes long.
+            max_payload_entries: 64,
             // Purge in steps (each is one range delete), but never in steps longer than the
             // snapshot interval, or a small interval would keep far more log than it says.
             purge_batch_size: (self.snapshot_every_entries / 4).clamp(1, 256),

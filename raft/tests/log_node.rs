@@ -104,6 +104,8 @@ async fn reopening_restores_the_state_from_snapshot_and_log() {
     // Small enough that the run below crosses several snapshots and purges.
     cfg.snapshot_every_entries = 10;
     cfg.logs_kept_after_snapshot = 3;
+    // No idle tick entries: the state read before shutdown must be the last one written.
+    cfg.tick_interval = Duration::from_secs(3600);
 
     let node = LogNode::open(cfg.clone(), Arc::new(RecordingSink::default())).await.expect("open");
     node.start_node(1, true).await.unwrap();
@@ -247,5 +249,53 @@ async fn opening_another_nodes_directory_fails_instead_of_waiting_for_an_electio
     assert!(started.elapsed() < Duration::from_secs(5));
     // The failed open released the directory again.
     let node = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default())).await.expect("reopen as node 1");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_limits_bound_the_commands_and_bytes_of_one_entry() {
+    use bytes::Bytes;
+    use raftmq_broker::machine::command::{Publish, PublishedMessage};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_commands_per_entry = 100;
+    cfg.max_bytes_per_entry = 32 * 1024;
+    let node = LogNode::open(cfg, Arc::new(RecordingSink::default())).await.expect("open");
+    let (proposer, proposals) = proposal_channel(4096);
+    let status = node.status();
+
+    // Queue everything before the batcher starts, so only the limits split the batches.
+    for i in 0..1000u64 {
+        proposer.submit(Command::ConnectionClosed { conn: conn(i) }).await.unwrap();
+    }
+    let (entries_before, commands_before) = status.applied_counts();
+    let _task = node.spawn_proposer(proposals);
+    wait_until("1000 commands applied", Duration::from_secs(10), || status.applied_counts().1 - commands_before >= 1000).await;
+    let entries = status.applied_counts().0 - entries_before;
+    assert!((10..=15).contains(&entries), "1000 commands at 100 per entry took {entries} entries");
+
+    // 10 KiB bodies against a 32 KiB entry limit: at most 3 per entry.
+    let ch = ChannelRef { conn: conn(1), number: 1, generation: 0 };
+    for _ in 0..30 {
+        let publish = Publish {
+            exchange: String::new(),
+            routing_key: "q".into(),
+            mandatory: false,
+            confirm_seq: None,
+            message: PublishedMessage {
+                properties: Bytes::new(),
+                body: Bytes::from(vec![7u8; 10 * 1024]),
+                persistent: false,
+                priority: 0,
+                expiration_ms: None,
+            },
+        };
+        proposer.submit(Command::Publish { ch, publish }).await.unwrap();
+    }
+    let (entries_before, commands_before) = status.applied_counts();
+    wait_until("30 publishes applied", Duration::from_secs(10), || status.applied_counts().1 - commands_before >= 30).await;
+    let entries = status.applied_counts().0 - entries_before;
+    assert!(entries >= 10, "30 publishes of 10 KiB with a 32 KiB limit took only {entries} entries");
     node.shutdown().await;
 }

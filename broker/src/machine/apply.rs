@@ -219,6 +219,7 @@ impl State {
             }
             Command::ExchangeBind { destination, source, routing_key, nowait, arguments, .. } => {
                 self.check_exchange_binding(source, destination)?;
+                self.check_binding_arguments(source, arguments)?;
                 self.bind(source, routing_key, Destination::Exchange(destination.clone()), arguments);
                 reply(cx, ch, *nowait, Reply::ExchangeBindOk);
                 Ok(())
@@ -234,6 +235,7 @@ impl State {
             }
             Command::QueueBind { queue, exchange, routing_key, nowait, arguments, .. } => {
                 self.check_queue_binding(ch, exchange, queue)?;
+                self.check_binding_arguments(exchange, arguments)?;
                 self.bind(exchange, routing_key, Destination::Queue(queue.clone()), arguments);
                 reply(cx, ch, *nowait, Reply::QueueBindOk);
                 Ok(())
@@ -356,6 +358,23 @@ impl State {
             return Err(no_exchange(destination));
         }
         Ok(())
+    }
+
+    /// A headers exchange validates x-match when a binding is made (RabbitMQ's
+    /// `rabbit_exchange_type_headers:validate_binding`).
+    fn check_binding_arguments(&self, source: &str, arguments: &amq_protocol::types::FieldTable) -> Result<(), Fail> {
+        if self.exchanges[source].kind != ExchangeKind::Headers {
+            return Ok(());
+        }
+        let valid = match arguments.inner().get("x-match") {
+            None => true,
+            Some(v) => matches!(super::queue::str_value(v).as_deref(), Some("all" | "any" | "all-with-x" | "any-with-x")),
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(fail(PRECONDITION_FAILED, "Invalid x-match field value; expected all, any, all-with-x, or any-with-x"))
+        }
     }
 
     fn check_queue_binding(&self, ch: ChannelRef, exchange: &str, queue: &str) -> Result<(), Fail> {

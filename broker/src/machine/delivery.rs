@@ -65,14 +65,22 @@ impl State {
             self.timed_queues.insert(qid);
         }
         q.push_ready(key, msg);
-        if q.args.overflow == Overflow::DropHead {
-            while q.over_limit() {
-                let (_, dropped) = q.pop_head().expect("over the limit, so not empty");
-                self.stats.removed += 1;
-                dead_letter_from(q, dropped, Reason::Maxlen, &mut cx.dead);
-            }
-        }
+        self.drop_head_over_limit(qid, cx);
         true
+    }
+
+    /// x-overflow drop-head: drops (dead-letters, "maxlen") from the head until the queue is
+    /// within x-max-length / x-max-length-bytes.
+    fn drop_head_over_limit(&mut self, qid: u64, cx: &mut Ctx) {
+        let Some(q) = self.queues.get_mut(&qid) else { return };
+        if q.args.overflow != Overflow::DropHead {
+            return;
+        }
+        while q.over_limit() {
+            let (_, dropped) = q.pop_head().expect("over the limit, so not empty");
+            self.stats.removed += 1;
+            dead_letter_from(q, dropped, Reason::Maxlen, &mut cx.dead);
+        }
     }
 
     /// Can this consumer take a delivery now (flow, its own prefetch, the channel's)?
@@ -184,6 +192,8 @@ impl State {
                     self.timed_queues.insert(u.queue_id);
                 }
                 q.push_ready(u.key, msg);
+                // As RabbitMQ's requeue_and_run: a drop-head queue drops back to its limit.
+                self.drop_head_over_limit(u.queue_id, cx);
             }
             Disposition::Reject => {
                 self.stats.removed += 1;

@@ -43,9 +43,7 @@ pub fn topic_matches(pattern: &str, routing_key: &str) -> bool {
                 }
             }
             "*" => {
-                for j in 1..=k.len() {
-                    next[j] = reach[j - 1];
-                }
+                next[1..].copy_from_slice(&reach[..k.len()]);
             }
             literal => {
                 for j in 1..=k.len() {

@@ -363,6 +363,9 @@ fn headers_exchange_matches_all_any_ignores_x_keys_and_void_means_present() {
     b.one(publish_msg(C, "amq.headers", "", with_headers("a", table(&[("format", s("pdf"))])), None, false));
     b.one(publish_msg(C, "amq.headers", "", with_headers("b", table(&[("format", s("zip"))])), None, false));
     assert_eq!(b.ready("q"), 1);
+    // x-match must be one of the four modes
+    let fx = b.one(bind_args(C, "q", "amq.match", "", table(&[("x-match", s("some"))])));
+    assert_eq!(channel_error(&fx).map(|e| (e.0, e.2, e.3)), Some((406, 50, 20)));
 }
 
 /// https://www.rabbitmq.com/docs/e2e
@@ -1264,3 +1267,4 @@ fn snapshot_round_trips_the_state() {
     assert_eq!(State::decode_snapshot(&bytes).unwrap(), b.state);
     assert!(State::decode_snapshot(&[9]).is_err());
 }
+
