@@ -218,3 +218,46 @@ async fn cancel_stops_deliveries() {
     wait_until(TIMEOUT, "message stays queued", || async { message_count(&ch, "cx").await == 1 }).await;
     let _ = ShortString::from("unused");
 }
+
+/// channel.flow(active=false) stops deliveries to the channel; active=true resumes them.
+#[tokio::test]
+async fn channel_flow_pauses_and_resumes_deliveries() {
+    let broker = Broker::start();
+    let (_c, ch) = broker.channel().await;
+    temp_queue(&ch, "flow").await;
+    let mut consumer = ch.basic_consume("flow".into(), "c".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+    let active = ch.channel_flow(ChannelFlowOptions { active: false }).await.unwrap();
+    assert!(!active);
+    let (_c2, producer) = broker.channel().await;
+    publish(&producer, "", "flow", b"held").await;
+    assert!(tokio::time::timeout(Duration::from_millis(500), consumer.next()).await.is_err(), "delivered while flow was off");
+    ch.channel_flow(ChannelFlowOptions { active: true }).await.unwrap();
+    let d = tokio::time::timeout(TIMEOUT, consumer.next()).await.expect("delivery after flow on").unwrap().unwrap();
+    assert_eq!(d.data, b"held");
+}
+
+/// RabbitMQ "Consumer Prefetch": global=true limits the channel as a whole, shared by its
+/// consumers.
+#[tokio::test]
+async fn global_prefetch_is_shared_by_the_channels_consumers() {
+    let broker = Broker::start();
+    let (_c, ch) = broker.channel().await;
+    temp_queue(&ch, "g1").await;
+    temp_queue(&ch, "g2").await;
+    for i in 0..5u8 {
+        publish(&ch, "", "g1", &[i]).await;
+        publish(&ch, "", "g2", &[i]).await;
+    }
+    ch.basic_qos(3, BasicQosOptions { global: true }).await.unwrap();
+    let mut c1 = ch.basic_consume("g1".into(), "c1".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let mut c2 = ch.basic_consume("g2".into(), "c2".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+    let mut got = 0;
+    loop {
+        tokio::select! {
+            Some(Ok(_)) = c1.next() => got += 1,
+            Some(Ok(_)) = c2.next() => got += 1,
+            _ = tokio::time::sleep(Duration::from_millis(700)) => break,
+        }
+    }
+    assert_eq!(got, 3, "the channel holds exactly its global prefetch of unacked deliveries");
+}

@@ -80,3 +80,46 @@ fn connection_start_announces_rabbitmq_capabilities() {
         assert!(text.contains(cap), "connection.start lacks {cap}");
     }
 }
+
+/// Heartbeats both ways (spec 4.2.7): with heartbeat=1 the broker sends heartbeat frames,
+/// and a peer silent for two intervals is disconnected.
+#[test]
+fn heartbeats_flow_and_a_silent_peer_is_disconnected() {
+    let broker = Broker::start();
+    let mut raw = crate::common::raw::Raw::open_with_heartbeat(broker.amqp_port, 1);
+    let started = std::time::Instant::now();
+    let mut heartbeats = 0;
+    loop {
+        match raw.next_frame() {
+            Some(amq_protocol::frame::AMQPFrame::Heartbeat) => heartbeats += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(heartbeats >= 1, "the broker sent no heartbeat");
+    assert!(elapsed >= std::time::Duration::from_millis(1500), "disconnected too early: {elapsed:?}");
+    assert!(elapsed < std::time::Duration::from_secs(10), "a silent peer was kept for {elapsed:?}");
+}
+
+/// A client that keeps sending heartbeats stays connected past the timeout.
+#[test]
+fn a_client_sending_heartbeats_stays_connected() {
+    let broker = Broker::start();
+    let mut raw = crate::common::raw::Raw::open_with_heartbeat(broker.amqp_port, 1);
+    for _ in 0..8 {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        raw.send(amq_protocol::frame::AMQPFrame::Heartbeat);
+    }
+    raw.open_channel(1);
+}
+
+/// `--log-format json` writes one JSON object per line.
+#[test]
+fn json_log_format_writes_json_lines() {
+    let broker = Broker::start_with(&["--log-format", "json"]);
+    let log = broker.log();
+    let first = log.lines().next().expect("a log line");
+    let value: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    assert!(value.get("level").is_some(), "{first}");
+}

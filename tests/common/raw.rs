@@ -27,6 +27,10 @@ impl Raw {
 
     /// Header, StartOk (PLAIN guest/guest), TuneOk, Open "/": an open connection.
     pub fn open(port: u16) -> Raw {
+        Raw::open_with_heartbeat(port, 0)
+    }
+
+    pub fn open_with_heartbeat(port: u16, heartbeat: u16) -> Raw {
         let mut raw = Raw::connect(port);
         raw.s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
         raw.expect_method();
@@ -40,7 +44,7 @@ impl Raw {
         raw.send(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
             channel_max: 10,
             frame_max: 4096,
-            heartbeat: 0,
+            heartbeat,
         }))));
         raw.send(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: "/".into() }))));
         raw.expect_method();
