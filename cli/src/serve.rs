@@ -10,7 +10,7 @@ use raftmq_broker::connection::auth::Users;
 use raftmq_broker::dispatch::Dispatcher;
 use raftmq_broker::log::proposal_channel;
 use raftmq_broker::server::{serve, Broker, BrokerConfig};
-use raftmq_raft::{LogConfig, LogNode, NodeInfo};
+use raftmq_raft::{LogConfig, LogNode, LogStatus, NodeInfo};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::info;
@@ -31,7 +31,7 @@ fn init_logging(format: LogFormat) {
 
 struct NodeHealth {
     node_id: u64,
-    log: Arc<LogNode>,
+    log: LogStatus,
     dispatcher: Arc<Dispatcher>,
 }
 
@@ -65,7 +65,7 @@ async fn run_async(config: ServeConfig) -> Result<()> {
     log_config.tick_interval = Duration::from_millis(config.tick_ms);
     // The data directory lock comes first: a second `serve` on the same directory must fail
     // at once, before it binds any port.
-    let log = Arc::new(LogNode::open(log_config, dispatcher.clone()).await.context("cannot open the log")?);
+    let log = LogNode::open(log_config, dispatcher.clone()).await.context("cannot open the log")?;
 
     let amqp = tokio::net::TcpListener::bind(config.amqp_listen)
         .await
@@ -92,7 +92,7 @@ async fn run_async(config: ServeConfig) -> Result<()> {
     let broker = Arc::new(Broker::new(config.node_id, epoch, proposer, dispatcher.clone(), broker_config));
 
     let health: Arc<dyn HealthSource> =
-        Arc::new(NodeHealth { node_id: config.node_id, log: log.clone(), dispatcher: dispatcher.clone() });
+        Arc::new(NodeHealth { node_id: config.node_id, log: log.status(), dispatcher: dispatcher.clone() });
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http_listener, http::router(health))
@@ -110,10 +110,7 @@ async fn run_async(config: ServeConfig) -> Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), proposer_task).await;
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
-    match Arc::try_unwrap(log) {
-        Ok(log) => log.shutdown().await,
-        Err(_) => tracing::warn!("log still shared at shutdown; exiting without an orderly close"),
-    }
+    log.shutdown().await;
     info!("stopped");
     Ok(())
 }

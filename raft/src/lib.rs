@@ -10,6 +10,7 @@
 //! - [`lock`]: the data directory's exclusive lock file.
 //! - `proposer`: the group-commit batcher from the broker's proposal channel to openraft.
 //! - [`node`]: [`LogNode`], which ties it together: open, propose, status, shutdown.
+//! - `store_suite` (tests only): openraft's storage test suite against these stores.
 //!
 //! The broker knows none of this: it sees a `Proposer` and an `EffectSink`.
 
