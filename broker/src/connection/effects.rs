@@ -47,16 +47,7 @@ impl Conn {
             if let Effect::ConnectionError { reply_code, reply_text, class_id, method_id, .. } = effect {
                 return Err(Stop::Hard(HardError::new(reply_code, reply_text, class_id, method_id)));
             }
-            let ch = match &effect {
-                Effect::Reply { ch, .. }
-                | Effect::Deliver { ch, .. }
-                | Effect::GetOk { ch, .. }
-                | Effect::Return { ch, .. }
-                | Effect::Confirm { ch, .. }
-                | Effect::CancelConsumer { ch, .. }
-                | Effect::ChannelError { ch, .. } => *ch,
-                Effect::ConnectionError { .. } => unreachable!("handled above"),
-            };
+            let Some(ch) = effect.channel() else { continue };
             let number = ch.number;
             let Some(slot) = self.channels.get_mut(&number) else { continue };
             if slot.chref != ch {

@@ -88,30 +88,6 @@ pub fn class_method(cmd: &Command) -> (u16, u16) {
     }
 }
 
-fn channel_of(cmd: &Command) -> Option<ChannelRef> {
-    match cmd {
-        Command::NodeStarted { .. } | Command::ConnectionClosed { .. } => None,
-        Command::ChannelClosed { ch }
-        | Command::ExchangeDeclare { ch, .. }
-        | Command::ExchangeDelete { ch, .. }
-        | Command::ExchangeBind { ch, .. }
-        | Command::ExchangeUnbind { ch, .. }
-        | Command::QueueDeclare { ch, .. }
-        | Command::QueueBind { ch, .. }
-        | Command::QueueUnbind { ch, .. }
-        | Command::QueuePurge { ch, .. }
-        | Command::QueueDelete { ch, .. }
-        | Command::Qos { ch, .. }
-        | Command::Consume { ch, .. }
-        | Command::Cancel { ch, .. }
-        | Command::Publish { ch, .. }
-        | Command::Get { ch, .. }
-        | Command::Settle { ch, .. }
-        | Command::Recover { ch, .. }
-        | Command::Flow { ch, .. }
-        | Command::TxCommit { ch, .. } => Some(*ch),
-    }
-}
 
 fn reply(cx: &mut Ctx, ch: ChannelRef, nowait: bool, reply: Reply) {
     if !nowait {
@@ -141,7 +117,7 @@ impl State {
                 cx.fx.push(Effect::Reply { ch: *ch, reply: Reply::ChannelCloseOk });
             }
             _ => {
-                let ch = channel_of(cmd).expect("a channel command");
+                let ch = cmd.channel().expect("a channel command");
                 if self.errored_channels.contains(&ch) {
                     return;
                 }

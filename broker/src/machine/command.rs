@@ -181,11 +181,10 @@ pub enum Command {
 }
 
 impl Command {
-    /// The connection a command came from, if it came from one.
-    pub fn conn(&self) -> Option<ConnId> {
+    /// The channel a command came from, if it came from one.
+    pub fn channel(&self) -> Option<ChannelRef> {
         match self {
-            Command::NodeStarted { .. } => None,
-            Command::ConnectionClosed { conn } => Some(*conn),
+            Command::NodeStarted { .. } | Command::ConnectionClosed { .. } => None,
             Command::ChannelClosed { ch }
             | Command::ExchangeDeclare { ch, .. }
             | Command::ExchangeDelete { ch, .. }
@@ -204,7 +203,15 @@ impl Command {
             | Command::Settle { ch, .. }
             | Command::Recover { ch, .. }
             | Command::Flow { ch, .. }
-            | Command::TxCommit { ch, .. } => Some(ch.conn),
+            | Command::TxCommit { ch, .. } => Some(*ch),
+        }
+    }
+
+    /// The connection a command came from, if it came from one.
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            Command::ConnectionClosed { conn } => Some(*conn),
+            other => other.channel().map(|ch| ch.conn),
         }
     }
 

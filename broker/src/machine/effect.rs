@@ -66,8 +66,8 @@ pub enum Effect {
 }
 
 impl Effect {
-    /// The connection that carries this effect out.
-    pub fn conn(&self) -> ConnId {
+    /// The channel this effect is for; `None` for a whole-connection effect.
+    pub fn channel(&self) -> Option<ChannelRef> {
         match self {
             Effect::Reply { ch, .. }
             | Effect::Deliver { ch, .. }
@@ -75,8 +75,16 @@ impl Effect {
             | Effect::Return { ch, .. }
             | Effect::Confirm { ch, .. }
             | Effect::CancelConsumer { ch, .. }
-            | Effect::ChannelError { ch, .. } => ch.conn,
+            | Effect::ChannelError { ch, .. } => Some(*ch),
+            Effect::ConnectionError { .. } => None,
+        }
+    }
+
+    /// The connection that carries this effect out.
+    pub fn conn(&self) -> ConnId {
+        match self {
             Effect::ConnectionError { conn, .. } => *conn,
+            other => other.channel().expect("every other effect names a channel").conn,
         }
     }
 }
