@@ -84,3 +84,28 @@ async fn confirm_and_tx_modes_exclude_each_other() {
     let err = ch.tx_select().await.err().expect("tx.select on a confirm channel fails");
     assert_eq!(reply_code(&err), Some(406), "{err:?}");
 }
+
+/// Publishes made before the client's channel.close are confirmed before close-ok: a client
+/// that publishes and closes at once still learns that its messages are safe.
+#[tokio::test]
+async fn confirms_owed_at_channel_close_are_sent_before_close_ok() {
+    let broker = Broker::start();
+    let (conn, ch) = broker.channel().await;
+    temp_queue(&ch, "owed").await;
+    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..200u32 {
+        confirms.push(
+            ch.basic_publish("".into(), "owed".into(), BasicPublishOptions::default(), &i.to_be_bytes(), BasicProperties::default())
+                .await
+                .unwrap(),
+        );
+    }
+    ch.close(200, "done".into()).await.unwrap();
+    for c in confirms {
+        let c = tokio::time::timeout(TIMEOUT, c).await.expect("confirm arrives").expect("confirm");
+        assert!(c.is_ack());
+    }
+    let ch2 = conn.create_channel().await.unwrap();
+    assert_eq!(message_count(&ch2, "owed").await, 200);
+}

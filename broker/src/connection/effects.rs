@@ -56,10 +56,15 @@ impl Conn {
             match effect {
                 Effect::Reply { reply: Reply::ChannelCloseOk, .. } => {
                     if slot.phase == Phase::ClientClosing {
+                        // Confirms for publishes made before the client's channel.close are
+                        // owed to it, and must precede close-ok.
+                        let confirms = std::mem::take(&mut slot.pending_confirms);
                         self.channels.remove(&number);
+                        put_confirms(&mut self.out, number, &confirms);
                         put_method(&mut self.out, number, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
                     }
                 }
+                Effect::Confirm { seq, ack, .. } if slot.phase == Phase::ClientClosing => slot.pending_confirms.push((seq, ack)),
                 _ if slot.phase != Phase::Open => {}
                 Effect::Reply { reply: Reply::RecoverOk, .. } if slot.silent_recovers > 0 => {
                     slot.silent_recovers -= 1;

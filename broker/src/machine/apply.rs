@@ -609,11 +609,12 @@ impl State {
         self.mark_channel_dirty(ch, cx);
     }
 
-    /// A node (re)started: its connections of earlier epochs are gone; with
+    /// A node (re)started: its connections of every other epoch are gone (not only older
+    /// ones: the epoch comes from a wall clock, which may go backwards between lives); with
     /// `drop_transient`, non-durable queues and exchanges and transient messages go too (as
     /// after a RabbitMQ node restart).
     fn node_started(&mut self, node: NodeId, epoch: u64, drop_transient: bool, cx: &mut Ctx) {
-        let stale = |c: &crate::ids::ConnId| c.node == node && c.epoch < epoch;
+        let stale = |c: &crate::ids::ConnId| c.node == node && c.epoch != epoch;
         let mut conns = BTreeSet::new();
         conns.extend(self.channels.keys().map(|c| c.conn).filter(stale));
         conns.extend(self.errored_channels.iter().map(|c| c.conn).filter(stale));

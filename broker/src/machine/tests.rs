@@ -1223,6 +1223,22 @@ fn node_started_closes_old_connections_and_drops_transient_state() {
     assert_eq!(b.state.stats.enqueued, b.state.stats.removed + 1);
 }
 
+/// The epoch is a wall-clock reading, which can go backwards between two lives of a node
+/// (a VM restore, a clock fixed at boot): a new life must still end every connection of the
+/// previous one, or its consumers would hold their deliveries for ever.
+#[test]
+fn node_started_with_an_older_epoch_still_closes_the_previous_lives_connections() {
+    let mut b = Broker::new();
+    b.queue(C, "q");
+    b.one(publish(C, "", "q", "m"));
+    b.one(get(C, "q", false));
+    assert_eq!(b.state.queue("q").unwrap().ready.len(), 0);
+    b.one(Command::NodeStarted { node: 1, epoch: 0, drop_transient: false });
+    assert!(!b.state.channels.contains_key(&C));
+    let q = b.state.queue("q").unwrap();
+    assert_eq!(q.ready.len(), 1, "the unacked delivery went back to the queue");
+}
+
 // ---------------------------------------------------------------- formats
 
 /// The log entry format is public: this pins `Entry::encode` byte for byte.
