@@ -1271,6 +1271,38 @@ fn entry_encoding_is_pinned_by_golden_bytes() {
 const GOLDEN_PUBLISH_ENTRY: [u8; 32] =
     [1, 128, 208, 149, 255, 188, 49, 1, 15, 1, 2, 3, 4, 5, 1, 120, 1, 107, 1, 1, 6, 3, 16, 0, 2, 2, 104, 105, 1, 7, 1, 8];
 
+/// Arguments tables go into the log through amq-protocol's serde layout: pin it too, with
+/// several value types, so that a dependency upgrade that changes it fails here and not on a
+/// node replaying an old log.
+#[test]
+fn entry_encoding_of_argument_tables_is_pinned_by_golden_bytes() {
+    let entry = Entry {
+        now_ms: 1,
+        commands: vec![Command::QueueDeclare {
+            ch: ChannelRef { conn: ConnId { node: 1, epoch: 2, seq: 3 }, number: 4, generation: 5 },
+            queue: "q".into(),
+            server_named: false,
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: table(&[
+                ("x-message-ttl", i(1000)),
+                ("x-dead-letter-exchange", s("dlx")),
+                ("x-max-priority", AMQPValue::ShortShortUInt(3)),
+                ("f", AMQPValue::Boolean(true)),
+                ("v", AMQPValue::Void),
+            ]),
+        }],
+    };
+    let encoded = entry.encode();
+    assert_eq!(encoded, GOLDEN_DECLARE_ENTRY, "{encoded:?}");
+    assert_eq!(Entry::decode(&GOLDEN_DECLARE_ENTRY).unwrap(), entry);
+}
+
+const GOLDEN_DECLARE_ENTRY: [u8; 87] = [1, 1, 1, 7, 1, 2, 3, 4, 5, 1, 113, 0, 0, 1, 0, 0, 0, 5, 1, 102, 0, 1, 1, 118, 17, 22, 120, 45, 100, 101, 97, 100, 45, 108, 101, 116, 116, 101, 114, 45, 101, 120, 99, 104, 97, 110, 103, 101, 12, 3, 100, 108, 120, 14, 120, 45, 109, 97, 120, 45, 112, 114, 105, 111, 114, 105, 116, 121, 2, 3, 13, 120, 45, 109, 101, 115, 115, 97, 103, 101, 45, 116, 116, 108, 7, 208, 15];
+
 /// Snapshots round-trip the whole state.
 #[test]
 fn snapshot_round_trips_the_state() {
