@@ -119,7 +119,12 @@ async fn a_message_above_max_message_size_is_refused() {
     raw.open_channel(1);
     raw.send(AMQPFrame::Method(
         1,
-        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish { exchange: "".into(), routing_key: "q".into(), mandatory: false, immediate: false })),
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            mandatory: false,
+            immediate: false,
+        })),
     ));
     let mut header = vec![0u8, 60, 0, 0];
     header.extend_from_slice(&5000u64.to_be_bytes());

@@ -9,12 +9,29 @@ use lapin::BasicProperties;
 async fn every_confirmed_publish_is_in_the_queue() {
     let broker = Broker::start();
     let (_c, ch) = broker.channel().await;
-    ch.queue_declare("cf".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.queue_declare(
+        "cf".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let mut pending = Vec::new();
     for i in 0..2000u32 {
         let c = ch
-            .basic_publish("".into(), "cf".into(), BasicPublishOptions::default(), &i.to_be_bytes(), BasicProperties::default().with_delivery_mode(2))
+            .basic_publish(
+                "".into(),
+                "cf".into(),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
             .await
             .unwrap();
         pending.push(c);
@@ -32,11 +49,40 @@ async fn reject_publish_overflow_nacks() {
     let (_c, ch) = broker.channel().await;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongInt(1));
-    args.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
-    ch.queue_declare("full".into(), QueueDeclareOptions::default(), args).await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let first = ch.basic_publish("".into(), "full".into(), BasicPublishOptions::default(), b"1", BasicProperties::default()).await.unwrap().await.unwrap();
-    let second = ch.basic_publish("".into(), "full".into(), BasicPublishOptions::default(), b"2", BasicProperties::default()).await.unwrap().await.unwrap();
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare("full".into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let first = ch
+        .basic_publish(
+            "".into(),
+            "full".into(),
+            BasicPublishOptions::default(),
+            b"1",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let second = ch
+        .basic_publish(
+            "".into(),
+            "full".into(),
+            BasicPublishOptions::default(),
+            b"2",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     assert!(first.is_ack());
     assert!(second.is_nack());
 }
@@ -50,13 +96,21 @@ async fn tx_commit_publishes_and_rollback_discards() {
     publish(&ch, "", "tx", b"a").await;
     publish(&ch, "", "tx", b"b").await;
     let (_c2, observer) = broker.channel().await;
-    assert_eq!(message_count(&observer, "tx").await, 0, "nothing visible before commit");
+    assert_eq!(
+        message_count(&observer, "tx").await,
+        0,
+        "nothing visible before commit"
+    );
     ch.tx_commit().await.unwrap();
     assert_eq!(message_count(&observer, "tx").await, 2);
     publish(&ch, "", "tx", b"c").await;
     ch.tx_rollback().await.unwrap();
     ch.tx_commit().await.unwrap();
-    assert_eq!(message_count(&observer, "tx").await, 2, "rolled back publish never lands");
+    assert_eq!(
+        message_count(&observer, "tx").await,
+        2,
+        "rolled back publish never lands"
+    );
 }
 
 #[tokio::test]
@@ -67,12 +121,22 @@ async fn tx_acks_take_effect_at_commit() {
     publish(&ch, "", "txa", b"a").await;
     ch.tx_select().await.unwrap();
     let m = get_one(&ch, "txa", false).await.unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
     ch.tx_rollback().await.unwrap();
-    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default()).await.unwrap();
+    ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
     ch.tx_commit().await.unwrap();
-    ch.basic_recover(BasicRecoverOptions { requeue: true }).await.unwrap();
-    assert!(ch.basic_get("txa".into(), BasicGetOptions { no_ack: true }).await.unwrap().is_none());
+    ch.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
+    assert!(ch
+        .basic_get("txa".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .is_none());
 }
 
 /// Switching a confirm channel to tx mode is a 406 PRECONDITION_FAILED channel error.
@@ -80,8 +144,14 @@ async fn tx_acks_take_effect_at_commit() {
 async fn confirm_and_tx_modes_exclude_each_other() {
     let broker = Broker::start();
     let (_c, ch) = broker.channel().await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let err = ch.tx_select().await.err().expect("tx.select on a confirm channel fails");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let err = ch
+        .tx_select()
+        .await
+        .err()
+        .expect("tx.select on a confirm channel fails");
     assert_eq!(reply_code(&err), Some(406), "{err:?}");
 }
 
@@ -92,18 +162,29 @@ async fn confirms_owed_at_channel_close_are_sent_before_close_ok() {
     let broker = Broker::start();
     let (conn, ch) = broker.channel().await;
     temp_queue(&ch, "owed").await;
-    ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let mut confirms = Vec::new();
     for i in 0..200u32 {
         confirms.push(
-            ch.basic_publish("".into(), "owed".into(), BasicPublishOptions::default(), &i.to_be_bytes(), BasicProperties::default())
-                .await
-                .unwrap(),
+            ch.basic_publish(
+                "".into(),
+                "owed".into(),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap(),
         );
     }
     ch.close(200, "done".into()).await.unwrap();
     for c in confirms {
-        let c = tokio::time::timeout(TIMEOUT, c).await.expect("confirm arrives").expect("confirm");
+        let c = tokio::time::timeout(TIMEOUT, c)
+            .await
+            .expect("confirm arrives")
+            .expect("confirm");
         assert!(c.is_ack());
     }
     let ch2 = conn.create_channel().await.unwrap();

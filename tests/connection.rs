@@ -28,7 +28,9 @@ async fn guest_connects_from_loopback_and_opens_many_channels() {
     for ch in &channels {
         ch.close(200, "bye".into()).await.expect("channel.close");
     }
-    conn.close(200, "bye".into()).await.expect("connection.close");
+    conn.close(200, "bye".into())
+        .await
+        .expect("connection.close");
 }
 
 /// RabbitMQ access control: wrong credentials are refused with 403 ACCESS_REFUSED
@@ -37,7 +39,10 @@ async fn guest_connects_from_loopback_and_opens_many_channels() {
 async fn wrong_credentials_are_refused_with_access_refused() {
     let broker = Broker::start();
     let uri = format!("amqp://guest:wrong@127.0.0.1:{}/%2f", broker.amqp_port);
-    let err = Connection::connect(&uri, ConnectionProperties::default()).await.err().expect("login must fail");
+    let err = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .err()
+        .expect("login must fail");
     assert_eq!(reply_code(&err), Some(403), "{err:?}");
 }
 
@@ -45,10 +50,14 @@ async fn wrong_credentials_are_refused_with_access_refused() {
 async fn a_configured_user_logs_in_and_others_do_not() {
     let broker = Broker::start_with(&["--default-user", "app", "--default-pass", "s3cret"]);
     let ok = format!("amqp://app:s3cret@127.0.0.1:{}/%2f", broker.amqp_port);
-    let conn = Connection::connect(&ok, ConnectionProperties::default()).await.expect("app logs in");
+    let conn = Connection::connect(&ok, ConnectionProperties::default())
+        .await
+        .expect("app logs in");
     conn.close(200, "bye".into()).await.unwrap();
     let bad = format!("amqp://app:nope@127.0.0.1:{}/%2f", broker.amqp_port);
-    assert!(Connection::connect(&bad, ConnectionProperties::default()).await.is_err());
+    assert!(Connection::connect(&bad, ConnectionProperties::default())
+        .await
+        .is_err());
 }
 
 /// Only the default vhost `/` exists: another is refused (530 NOT_ALLOWED, as RabbitMQ).
@@ -56,7 +65,10 @@ async fn a_configured_user_logs_in_and_others_do_not() {
 async fn an_unknown_vhost_is_refused() {
     let broker = Broker::start();
     let uri = format!("amqp://guest:guest@127.0.0.1:{}/nope", broker.amqp_port);
-    let err = Connection::connect(&uri, ConnectionProperties::default()).await.err().expect("vhost must be refused");
+    let err = Connection::connect(&uri, ConnectionProperties::default())
+        .await
+        .err()
+        .expect("vhost must be refused");
     assert_eq!(reply_code(&err), Some(530), "{err:?}");
 }
 
@@ -69,14 +81,26 @@ fn connection_start_announces_rabbitmq_capabilities() {
     s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
-    while got.len() < 7 || got.len() < 8 + u32::from_be_bytes([got[3], got[4], got[5], got[6]]) as usize {
+    while got.len() < 7
+        || got.len() < 8 + u32::from_be_bytes([got[3], got[4], got[5], got[6]]) as usize
+    {
         let n = s.read(&mut buf).unwrap();
         assert!(n > 0, "socket closed before connection.start");
         got.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&got);
-    for cap in ["publisher_confirms", "exchange_exchange_bindings", "basic.nack", "consumer_cancel_notify",
-        "connection.blocked", "authentication_failure_close", "per_consumer_qos", "PLAIN", "AMQPLAIN", "en_US"] {
+    for cap in [
+        "publisher_confirms",
+        "exchange_exchange_bindings",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "connection.blocked",
+        "authentication_failure_close",
+        "per_consumer_qos",
+        "PLAIN",
+        "AMQPLAIN",
+        "en_US",
+    ] {
         assert!(text.contains(cap), "connection.start lacks {cap}");
     }
 }
@@ -98,8 +122,14 @@ fn heartbeats_flow_and_a_silent_peer_is_disconnected() {
     }
     let elapsed = started.elapsed();
     assert!(heartbeats >= 1, "the broker sent no heartbeat");
-    assert!(elapsed >= std::time::Duration::from_millis(1500), "disconnected too early: {elapsed:?}");
-    assert!(elapsed < std::time::Duration::from_secs(10), "a silent peer was kept for {elapsed:?}");
+    assert!(
+        elapsed >= std::time::Duration::from_millis(1500),
+        "disconnected too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < std::time::Duration::from_secs(10),
+        "a silent peer was kept for {elapsed:?}"
+    );
 }
 
 /// A client that keeps sending heartbeats stays connected past the timeout.
@@ -120,6 +150,7 @@ fn json_log_format_writes_json_lines() {
     let broker = Broker::start_with(&["--log-format", "json"]);
     let log = broker.log();
     let first = log.lines().next().expect("a log line");
-    let value: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    let value: serde_json::Value =
+        serde_json::from_str(first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
     assert!(value.get("level").is_some(), "{first}");
 }

@@ -16,31 +16,91 @@ async fn durable_entities_and_persistent_messages_survive_a_restart_transient_on
     let mut broker = Broker::start();
     {
         let (_c, ch) = broker.channel().await;
-        ch.exchange_declare("dx".into(), lapin::ExchangeKind::Direct, ExchangeDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+        ch.exchange_declare(
+            "dx".into(),
+            lapin::ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            "dq".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_declare(
+            "tq".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.queue_bind(
+            "dq".into(),
+            "dx".into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .unwrap();
-        ch.queue_declare("dq".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
-        ch.queue_declare("tq".into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-        ch.queue_bind("dq".into(), "dx".into(), "k".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
         for (body, mode) in [(b"persistent", 2u8), (b"transient!", 1)] {
-            ch.basic_publish("dx".into(), "k".into(), BasicPublishOptions::default(), body, BasicProperties::default().with_delivery_mode(mode))
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            ch.basic_publish(
+                "dx".into(),
+                "k".into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(mode),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
         }
     }
     assert!(broker.terminate().success());
     broker.restart();
     let (_c, ch) = broker.channel().await;
-    assert_eq!(message_count(&ch, "dq").await, 1, "only the persistent message survives");
-    assert_eq!(get_one(&ch, "dq", true).await.unwrap().delivery.data, b"persistent");
+    assert_eq!(
+        message_count(&ch, "dq").await,
+        1,
+        "only the persistent message survives"
+    );
+    assert_eq!(
+        get_one(&ch, "dq", true).await.unwrap().delivery.data,
+        b"persistent"
+    );
     // The binding survived too.
     publish(&ch, "dx", "k", b"again").await;
     assert_eq!(message_count(&ch, "dq").await, 1);
-    let err = ch.queue_declare("tq".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await.err();
-    assert_eq!(err.as_ref().and_then(reply_code), Some(404), "a non-durable queue is gone after a restart");
+    let err = ch
+        .queue_declare(
+            "tq".into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .err();
+    assert_eq!(
+        err.as_ref().and_then(reply_code),
+        Some(404),
+        "a non-durable queue is gone after a restart"
+    );
 }
 
 /// The crash test: publishers with confirms run while the broker is SIGKILLed; after a
@@ -51,7 +111,16 @@ async fn sigkill_under_confirmed_publishing_loses_nothing_confirmed() {
     let mut broker = Broker::start();
     {
         let (_c, ch) = broker.channel().await;
-        ch.queue_declare("crash".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await.unwrap();
+        ch.queue_declare(
+            "crash".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
     }
     let confirmed = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
     let sent = Arc::new(AtomicU64::new(0));
@@ -61,16 +130,32 @@ async fn sigkill_under_confirmed_publishing_loses_nothing_confirmed() {
         let confirmed = confirmed.clone();
         let sent = sent.clone();
         publishers.push(tokio::spawn(async move {
-            let Ok(conn) = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await else { return };
-            let Ok(ch) = conn.create_channel().await else { return };
-            if ch.confirm_select(ConfirmSelectOptions::default()).await.is_err() {
+            let Ok(conn) =
+                lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await
+            else {
+                return;
+            };
+            let Ok(ch) = conn.create_channel().await else {
+                return;
+            };
+            if ch
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .is_err()
+            {
                 return;
             }
             let mut in_flight = std::collections::VecDeque::new();
             for i in 0..1_000_000u64 {
                 let id = p * 1_000_000_000 + i;
                 let Ok(confirm) = ch
-                    .basic_publish("".into(), "crash".into(), BasicPublishOptions::default(), &id.to_be_bytes(), BasicProperties::default().with_delivery_mode(2))
+                    .basic_publish(
+                        "".into(),
+                        "crash".into(),
+                        BasicPublishOptions::default(),
+                        &id.to_be_bytes(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
                     .await
                 else {
                     break;
@@ -104,7 +189,11 @@ async fn sigkill_under_confirmed_publishing_loses_nothing_confirmed() {
     let (_c, ch) = broker.channel().await;
     let mut found = BTreeSet::new();
     let mut unexpected = 0u64;
-    while let Some(m) = ch.basic_get("crash".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+    while let Some(m) = ch
+        .basic_get("crash".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
         let id = u64::from_be_bytes(m.delivery.data[..8].try_into().unwrap());
         if id % 1_000_000_000 >= 1_000_000 {
             unexpected += 1;
@@ -112,7 +201,14 @@ async fn sigkill_under_confirmed_publishing_loses_nothing_confirmed() {
         found.insert(id);
     }
     let lost: Vec<_> = confirmed.difference(&found).take(10).collect();
-    assert!(lost.is_empty(), "lost {} confirmed messages, e.g. {lost:?}", confirmed.difference(&found).count());
+    assert!(
+        lost.is_empty(),
+        "lost {} confirmed messages, e.g. {lost:?}",
+        confirmed.difference(&found).count()
+    );
     assert_eq!(unexpected, 0);
-    assert!(found.len() as u64 <= published_max, "more messages than were ever published");
+    assert!(
+        found.len() as u64 <= published_max,
+        "more messages than were ever published"
+    );
 }

@@ -33,9 +33,11 @@ async fn sigterm_closes_clients_with_connection_forced_and_exits_zero() {
     assert_eq!(raw.expect_connection_close(), 320);
     raw.send(amq_protocol::frame::AMQPFrame::Method(
         0,
-        amq_protocol::protocol::AMQPClass::Connection(amq_protocol::protocol::connection::AMQPMethod::CloseOk(
-            amq_protocol::protocol::connection::CloseOk {},
-        )),
+        amq_protocol::protocol::AMQPClass::Connection(
+            amq_protocol::protocol::connection::AMQPMethod::CloseOk(
+                amq_protocol::protocol::connection::CloseOk {},
+            ),
+        ),
     ));
     let status = broker.terminate();
     assert!(status.success(), "exit status {status}");
@@ -47,7 +49,13 @@ fn a_second_serve_on_the_same_data_directory_fails_at_once() {
     let broker = Broker::start();
     let started = std::time::Instant::now();
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--amqp-listen", &format!("127.0.0.1:{}", free_port()), "--http-listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "serve",
+            "--amqp-listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--http-listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .arg("--data-dir")
         .arg(&broker.data_dir)
         .output()
@@ -60,12 +68,30 @@ fn a_second_serve_on_the_same_data_directory_fails_at_once() {
 
 #[test]
 fn every_serve_flag_has_help_and_an_environment_variable() {
-    let out = std::process::Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--amqp-listen", "--http-listen", "--data-dir", "--node-id", "--default-user", "--default-pass", "--log-format"] {
+    for flag in [
+        "--amqp-listen",
+        "--http-listen",
+        "--data-dir",
+        "--node-id",
+        "--default-user",
+        "--default-pass",
+        "--log-format",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
-    for var in ["RAFTMQ_AMQP_LISTEN", "RAFTMQ_HTTP_LISTEN", "RAFTMQ_DATA_DIR", "RAFTMQ_NODE_ID", "RAFTMQ_DEFAULT_USER", "RAFTMQ_LOG_FORMAT"] {
+    for var in [
+        "RAFTMQ_AMQP_LISTEN",
+        "RAFTMQ_HTTP_LISTEN",
+        "RAFTMQ_DATA_DIR",
+        "RAFTMQ_NODE_ID",
+        "RAFTMQ_DEFAULT_USER",
+        "RAFTMQ_LOG_FORMAT",
+    ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
 }

@@ -25,7 +25,10 @@ pub struct ConnId {
 
 impl ConnId {
     pub fn incarnation(&self) -> Incarnation {
-        Incarnation { node: self.node, epoch: self.epoch }
+        Incarnation {
+            node: self.node,
+            epoch: self.epoch,
+        }
     }
 }
 

@@ -16,8 +16,8 @@
 pub mod ids;
 pub mod log;
 pub mod machine;
-pub mod reply_code;
 pub mod protocol;
+pub mod reply_code;
 
 // The socket-facing half. `machine_only` lets the state machine be built and tested on its
 // own while these change.

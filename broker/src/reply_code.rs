@@ -54,6 +54,18 @@ pub fn text(code: u16, detail: impl std::fmt::Display) -> String {
 
 /// Hard errors close the connection; the others close only the channel.
 pub fn is_hard(code: u16) -> bool {
-    matches!(code, CONNECTION_FORCED | INVALID_PATH | FRAME_ERROR | SYNTAX_ERROR | COMMAND_INVALID
-        | CHANNEL_ERROR | UNEXPECTED_FRAME | RESOURCE_ERROR | NOT_ALLOWED | NOT_IMPLEMENTED | INTERNAL_ERROR)
+    matches!(
+        code,
+        CONNECTION_FORCED
+            | INVALID_PATH
+            | FRAME_ERROR
+            | SYNTAX_ERROR
+            | COMMAND_INVALID
+            | CHANNEL_ERROR
+            | UNEXPECTED_FRAME
+            | RESOURCE_ERROR
+            | NOT_ALLOWED
+            | NOT_IMPLEMENTED
+            | INTERNAL_ERROR
+    )
 }

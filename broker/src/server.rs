@@ -62,12 +62,29 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(node: NodeId, epoch: u64, proposer: Proposer, dispatcher: Arc<Dispatcher>, config: BrokerConfig) -> Broker {
-        Broker { node, epoch, proposer, dispatcher, config, next_conn: AtomicU64::new(1) }
+    pub fn new(
+        node: NodeId,
+        epoch: u64,
+        proposer: Proposer,
+        dispatcher: Arc<Dispatcher>,
+        config: BrokerConfig,
+    ) -> Broker {
+        Broker {
+            node,
+            epoch,
+            proposer,
+            dispatcher,
+            config,
+            next_conn: AtomicU64::new(1),
+        }
     }
 
     fn next_conn_id(&self) -> ConnId {
-        ConnId { node: self.node, epoch: self.epoch, seq: self.next_conn.fetch_add(1, Ordering::Relaxed) }
+        ConnId {
+            node: self.node,
+            epoch: self.epoch,
+            seq: self.next_conn.fetch_add(1, Ordering::Relaxed),
+        }
     }
 }
 
@@ -96,10 +113,16 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, shutdown: impl Fu
         }
     }
     drop(listener);
-    info!(connections = tasks.len(), "shutting down: closing client connections");
+    info!(
+        connections = tasks.len(),
+        "shutting down: closing client connections"
+    );
     let _ = stop_tx.send(true);
     let grace = broker.config.shutdown_grace;
-    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
         warn!("connections did not close in time; aborting them");
         tasks.abort_all();
     }

@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "raftmq", version, about = "RaftMQ: an AMQP 0-9-1 message broker replicated with Raft")]
+#[command(
+    name = "raftmq",
+    version,
+    about = "RaftMQ: an AMQP 0-9-1 message broker replicated with Raft"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

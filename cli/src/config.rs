@@ -43,8 +43,10 @@ impl ServeConfig {
     pub fn resolve(args: ServeArgs) -> Result<ServeConfig> {
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<FileConfig>(&text).with_context(|| format!("invalid config file {}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
             }
             None => FileConfig::default(),
         };
@@ -57,15 +59,30 @@ impl ServeConfig {
         };
         let config = ServeConfig {
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
-            amqp_listen: args.amqp_listen.or(file.amqp_listen).unwrap_or_else(|| "0.0.0.0:5672".parse().expect("valid")),
-            http_listen: args.http_listen.or(file.http_listen).unwrap_or_else(|| "127.0.0.1:15672".parse().expect("valid")),
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./raftmq-data")),
+            amqp_listen: args
+                .amqp_listen
+                .or(file.amqp_listen)
+                .unwrap_or_else(|| "0.0.0.0:5672".parse().expect("valid")),
+            http_listen: args
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or_else(|| "127.0.0.1:15672".parse().expect("valid")),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./raftmq-data")),
             default_user,
-            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             frame_max: args.frame_max.or(file.frame_max).unwrap_or(131_072),
             channel_max: args.channel_max.or(file.channel_max).unwrap_or(2047),
             heartbeat: args.heartbeat.or(file.heartbeat).unwrap_or(60),
-            max_message_size: args.max_message_size.or(file.max_message_size).unwrap_or(128 * 1024 * 1024),
+            max_message_size: args
+                .max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(128 * 1024 * 1024),
             tick_ms: args.tick_ms.or(file.tick_ms).unwrap_or(100),
         };
         if config.node_id == 0 {

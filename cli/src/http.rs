@@ -29,21 +29,31 @@ async fn health(State(source): State<Arc<dyn HealthSource>>) -> Json<Health> {
 }
 
 pub fn router(source: Arc<dyn HealthSource>) -> Router {
-    Router::new().route("/health", get(health)).with_state(source)
+    Router::new()
+        .route("/health", get(health))
+        .with_state(source)
 }
 
 /// `raftmq health`: a plain HTTP/1.0 GET, printed as it comes.
 pub fn print_health(addr: SocketAddr) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let body = rt.block_on(async {
-        let mut stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .context("timed out connecting")?
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+        let mut stream =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+                .context("timed out connecting")?
+                .with_context(|| format!("cannot connect to {addr}"))?;
+        stream
+            .write_all(format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
         let mut response = String::new();
         stream.read_to_string(&mut response).await?;
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(response);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or(response);
         anyhow::Ok(body)
     })?;
     println!("{body}");

@@ -21,8 +21,11 @@ use tracing_subscriber::EnvFilter;
 const PROPOSAL_QUEUE: usize = 16 * 1024;
 
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -49,7 +52,10 @@ impl HealthSource for NodeHealth {
 
 pub fn run(config: ServeConfig) -> Result<()> {
     init_logging(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("raftmq").build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("raftmq")
+        .build()?;
     runtime.block_on(run_async(config))
 }
 
@@ -60,12 +66,18 @@ async fn run_async(config: ServeConfig) -> Result<()> {
     let mut log_config = LogConfig::new(
         config.node_id,
         config.data_dir.clone(),
-        NodeInfo { raft_addr: String::new(), amqp_addr: config.amqp_listen.to_string(), zone: String::new() },
+        NodeInfo {
+            raft_addr: String::new(),
+            amqp_addr: config.amqp_listen.to_string(),
+            zone: String::new(),
+        },
     );
     log_config.tick_interval = Duration::from_millis(config.tick_ms);
     // The data directory lock comes first: a second `serve` on the same directory must fail
     // at once, before it binds any port.
-    let log = LogNode::open(log_config, dispatcher.clone()).await.context("cannot open the log")?;
+    let log = LogNode::open(log_config, dispatcher.clone())
+        .await
+        .context("cannot open the log")?;
 
     let amqp = tokio::net::TcpListener::bind(config.amqp_listen)
         .await
@@ -76,8 +88,12 @@ async fn run_async(config: ServeConfig) -> Result<()> {
 
     // A new life for this node: the machine forgets the connections of the previous one and,
     // standalone, drops transient queues and messages as a RabbitMQ node restart does.
-    let epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64;
-    log.start_node(epoch, true).await.context("cannot record the node start in the log")?;
+    let epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64;
+    log.start_node(epoch, true)
+        .await
+        .context("cannot record the node start in the log")?;
     let (proposer, proposals) = proposal_channel(PROPOSAL_QUEUE);
     let proposer_task = log.spawn_proposer(proposals);
 
@@ -89,10 +105,19 @@ async fn run_async(config: ServeConfig) -> Result<()> {
         max_message_size: config.max_message_size,
         ..BrokerConfig::default()
     };
-    let broker = Arc::new(Broker::new(config.node_id, epoch, proposer, dispatcher.clone(), broker_config));
+    let broker = Arc::new(Broker::new(
+        config.node_id,
+        epoch,
+        proposer,
+        dispatcher.clone(),
+        broker_config,
+    ));
 
-    let health: Arc<dyn HealthSource> =
-        Arc::new(NodeHealth { node_id: config.node_id, log: log.status(), dispatcher: dispatcher.clone() });
+    let health: Arc<dyn HealthSource> = Arc::new(NodeHealth {
+        node_id: config.node_id,
+        log: log.status(),
+        dispatcher: dispatcher.clone(),
+    });
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(http_listener, http::router(health))

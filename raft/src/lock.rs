@@ -17,7 +17,10 @@ pub enum LockError {
     #[error("data directory {dir} is in use by another raftmq process ({})", holder_text(.pid))]
     InUse { dir: PathBuf, pid: Option<u32> },
     #[error("cannot lock data directory {dir}: {source}")]
-    Io { dir: PathBuf, source: std::io::Error },
+    Io {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn holder_text(pid: &Option<u32>) -> String {
@@ -38,15 +41,32 @@ impl DataDirLock {
     /// Takes the lock or fails at once (never waits): a second process should refuse to start,
     /// not hang behind the first.
     pub fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
-        let io = |source| LockError::Io { dir: dir.to_path_buf(), source };
+        let io = |source| LockError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
         let path = dir.join(LOCK_FILE_NAME);
         // Not truncated on open: the holder's pid must stay readable for the error message.
-        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
         if let Err(e) = file.try_lock_exclusive() {
-            if e.kind() == fs2::lock_contended_error().kind() || e.kind() == std::io::ErrorKind::WouldBlock {
+            if e.kind() == fs2::lock_contended_error().kind()
+                || e.kind() == std::io::ErrorKind::WouldBlock
+            {
                 let mut text = String::new();
-                let pid = file.read_to_string(&mut text).ok().and_then(|_| text.trim().parse().ok());
-                return Err(LockError::InUse { dir: dir.to_path_buf(), pid });
+                let pid = file
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
+                return Err(LockError::InUse {
+                    dir: dir.to_path_buf(),
+                    pid,
+                });
             }
             return Err(io(e));
         }
@@ -80,7 +100,10 @@ mod tests {
         let err = DataDirLock::acquire(dir.path()).expect_err("second lock must fail");
         let text = err.to_string();
         assert!(text.contains(&dir.path().display().to_string()), "{text}");
-        assert!(text.contains(&format!("pid {}", std::process::id())), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
         first.release();
         DataDirLock::acquire(dir.path()).expect("lock again after release");
     }

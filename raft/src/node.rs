@@ -107,7 +107,10 @@ impl LogConfig {
 #[derive(Debug, Error)]
 pub enum LogOpenError {
     #[error("cannot create data directory {dir}: {source}")]
-    CreateDir { dir: PathBuf, source: std::io::Error },
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Lock(#[from] LockError),
     #[error("cannot open the log in {dir}: {source}")]
@@ -119,7 +122,11 @@ pub enum LogOpenError {
     #[error("cannot form the one-member raft group: {0}")]
     Initialize(String),
     #[error("data directory {dir} holds the log of a raft group without node {node_id} (its members: {members:?}); use that node's id or another directory")]
-    ForeignNode { dir: PathBuf, node_id: NodeId, members: Vec<NodeId> },
+    ForeignNode {
+        dir: PathBuf,
+        node_id: NodeId,
+        members: Vec<NodeId>,
+    },
     #[error("the log did not become ready within {timeout:?}: {detail}")]
     NotReady { timeout: Duration, detail: String },
 }
@@ -138,7 +145,9 @@ pub enum ProposeError {
 impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ProposeError {
     fn from(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> ProposeError {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader { leader: f.leader_id },
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+                leader: f.leader_id,
+            },
             RaftError::APIError(other) => ProposeError::Failed(other.to_string()),
             RaftError::Fatal(fatal) => ProposeError::Stopped(fatal),
         }
@@ -172,7 +181,8 @@ impl Role {
     fn of(metrics: &RaftMetrics) -> Role {
         match metrics.state {
             ServerState::Leader => {
-                let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+                let voters: BTreeSet<NodeId> =
+                    metrics.membership_config.membership().voter_ids().collect();
                 if voters.len() == 1 && voters.contains(&metrics.id) {
                     Role::Standalone
                 } else {
@@ -220,7 +230,10 @@ impl LogStatus {
 
     /// (normal entries, commands) applied since this node was opened, replay included.
     pub fn applied_counts(&self) -> (u64, u64) {
-        (self.stats.entries.load(Ordering::Relaxed), self.stats.commands.load(Ordering::Relaxed))
+        (
+            self.stats.entries.load(Ordering::Relaxed),
+            self.stats.commands.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -242,20 +255,35 @@ impl LogNode {
     /// Opens the node's log in `config.data_dir` (created if missing) and returns once this node
     /// leads a group and has applied its whole log. Fails at once when another process holds the
     /// data directory.
-    pub async fn open(config: LogConfig, sink: Arc<dyn EffectSink>) -> Result<LogNode, LogOpenError> {
+    pub async fn open(
+        config: LogConfig,
+        sink: Arc<dyn EffectSink>,
+    ) -> Result<LogNode, LogOpenError> {
         let span = tracing::info_span!("raft", node = config.node_id);
-        Self::open_inner(config, sink, span.clone()).instrument(span).await
+        Self::open_inner(config, sink, span.clone())
+            .instrument(span)
+            .await
     }
 
-    async fn open_inner(config: LogConfig, sink: Arc<dyn EffectSink>, span: tracing::Span) -> Result<LogNode, LogOpenError> {
+    async fn open_inner(
+        config: LogConfig,
+        sink: Arc<dyn EffectSink>,
+        span: tracing::Span,
+    ) -> Result<LogNode, LogOpenError> {
         let dir = config.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| LogOpenError::CreateDir { dir: dir.clone(), source })?;
+        std::fs::create_dir_all(&dir).map_err(|source| LogOpenError::CreateDir {
+            dir: dir.clone(),
+            source,
+        })?;
         // The lock comes first: nothing in the directory is touched before we own it.
         let lock = DataDirLock::acquire(&dir)?;
         let raft_config = Arc::new(config.raft_config()?);
 
         let db_path = dir.join("db");
-        let store_err = |source| LogOpenError::Store { dir: dir.clone(), source };
+        let store_err = |source| LogOpenError::Store {
+            dir: dir.clone(),
+            source,
+        };
         let db = tokio::task::spawn_blocking(move || open_db(&db_path))
             .await
             .map_err(|e| store_err(StoreError::Join(e)))?
@@ -264,11 +292,28 @@ impl LogNode {
         let applied = sm.applied();
         let stats = sm.stats();
 
-        let raft = Raft::new(config.node_id, raft_config, NoNetwork, log_store, sm).await.map_err(LogOpenError::Raft)?;
-        let status = LogStatus { raft: raft.clone(), applied, stats };
+        let raft = Raft::new(config.node_id, raft_config, NoNetwork, log_store, sm)
+            .await
+            .map_err(LogOpenError::Raft)?;
+        let status = LogStatus {
+            raft: raft.clone(),
+            applied,
+            stats,
+        };
         let (stop, _) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
-        let node = LogNode { config, raft, db, status, sink, stop, done_tx, done_rx, lock, span };
+        let node = LogNode {
+            config,
+            raft,
+            db,
+            status,
+            sink,
+            stop,
+            done_tx,
+            done_rx,
+            lock,
+            span,
+        };
         match node.become_ready().await {
             Ok(()) => Ok(node),
             Err(e) => {
@@ -283,7 +328,11 @@ impl LogNode {
     /// node leads and has applied everything in its log.
     async fn become_ready(&self) -> Result<(), LogOpenError> {
         let id = self.config.node_id;
-        let initialized = self.raft.is_initialized().await.map_err(LogOpenError::Raft)?;
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(LogOpenError::Raft)?;
         if !initialized {
             tracing::info!(node = %self.config.node, "fresh log: forming a one-member raft group");
             let members = BTreeMap::from([(id, self.config.node.clone())]);
@@ -300,7 +349,11 @@ impl LogNode {
             let members: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
             if !members.contains(&id) {
                 // Waiting would only time out: nobody in that group will ever talk to us.
-                return Err(LogOpenError::ForeignNode { dir: self.config.data_dir.clone(), node_id: id, members });
+                return Err(LogOpenError::ForeignNode {
+                    dir: self.config.data_dir.clone(),
+                    node_id: id,
+                    members,
+                });
             }
             let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
             if voters.len() == 1 && voters.contains(&id) {
@@ -323,7 +376,9 @@ impl LogNode {
                     let caught_up = m.last_applied.map(|l| l.index) >= m.last_log_index;
                     // With peers, being caught up with any leader is enough; a one-member group
                     // must lead itself.
-                    caught_up && (m.state == ServerState::Leader || (!sole_voter(m) && m.current_leader.is_some()))
+                    caught_up
+                        && (m.state == ServerState::Leader
+                            || (!sole_voter(m) && m.current_leader.is_some()))
                 },
                 "leader (or following one) with the whole log applied",
             )
@@ -333,7 +388,10 @@ impl LogNode {
                 tracing::info!(role = %Role::of(&m), term = m.current_term, last_applied = ?m.last_applied.map(|l| l.index), "log ready");
                 Ok(())
             }
-            Err(e) => Err(LogOpenError::NotReady { timeout, detail: e.to_string() }),
+            Err(e) => Err(LogOpenError::NotReady {
+                timeout,
+                detail: e.to_string(),
+            }),
         }
     }
 
@@ -350,9 +408,17 @@ impl LogNode {
     pub async fn start_node(&self, epoch: u64, drop_transient: bool) -> Result<(), ProposeError> {
         let entry = Entry {
             now_ms: now_ms(),
-            commands: vec![Command::NodeStarted { node: self.config.node_id, epoch, drop_transient }],
+            commands: vec![Command::NodeStarted {
+                node: self.config.node_id,
+                epoch,
+                drop_transient,
+            }],
         };
-        let response = self.raft.client_write(entry).instrument(self.span.clone()).await?;
+        let response = self
+            .raft
+            .client_write(entry)
+            .instrument(self.span.clone())
+            .await?;
         tracing::info!(parent: &self.span, epoch, drop_transient, index = response.log_id.index, "node started");
         Ok(())
     }
@@ -407,11 +473,25 @@ impl LogNode {
     }
 
     async fn shutdown_inner(self) {
-        let LogNode { config, raft, db, status, sink, stop, done_tx, mut done_rx, lock, span: _ } = self;
+        let LogNode {
+            config,
+            raft,
+            db,
+            status,
+            sink,
+            stop,
+            done_tx,
+            mut done_rx,
+            lock,
+            span: _,
+        } = self;
         let _ = stop.send(true);
         drop(done_tx);
         // Every batcher holds a clone of `done_tx`; recv returns None once all have finished.
-        if tokio::time::timeout(config.shutdown_timeout, done_rx.recv()).await.is_err() {
+        if tokio::time::timeout(config.shutdown_timeout, done_rx.recv())
+            .await
+            .is_err()
+        {
             tracing::warn!(timeout = ?config.shutdown_timeout, "proposers did not drain in time; stopping raft anyway");
         }
         if let Err(e) = raft.shutdown().await {
@@ -435,7 +515,10 @@ impl LogNode {
             Err(db) => {
                 // Keep the lock: releasing it with the database still open would let another
                 // process in. Leak both until the process exits.
-                tracing::error!(handles = Arc::strong_count(&db), "database still in use at shutdown; keeping the lock until exit");
+                tracing::error!(
+                    handles = Arc::strong_count(&db),
+                    "database still in use at shutdown; keeping the lock until exit"
+                );
                 std::mem::forget(db);
                 std::mem::forget(lock);
                 return;

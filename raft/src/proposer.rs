@@ -39,10 +39,14 @@ pub(crate) struct BatchLimits {
 /// The proposer's wall clock in milliseconds since the Unix epoch. A clock before 1970 reads as
 /// 0; the machine keeps its own clock monotonic with `max`, so that only delays expiry.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
-type WriteResult = Result<ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, crate::types::NodeInfo>>;
+type WriteResult =
+    Result<ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, crate::types::NodeInfo>>;
 
 /// The outcome of one proposed entry.
 struct Written {
@@ -124,7 +128,9 @@ impl Batcher {
             if let Some(first) = first {
                 let mut bytes = first.approx_size();
                 commands.push(first);
-                while commands.len() < limits.max_commands_per_entry && bytes < limits.max_bytes_per_entry {
+                while commands.len() < limits.max_commands_per_entry
+                    && bytes < limits.max_bytes_per_entry
+                {
                     match proposals.try_recv() {
                         Ok(command) => {
                             let size = command.approx_size();
@@ -153,14 +159,26 @@ impl Batcher {
         tracing::debug!("proposer stopped");
     }
 
-    async fn propose(&self, commands: Vec<Command>, in_flight: &mut FuturesOrdered<BoxFuture<'static, Written>>) {
+    async fn propose(
+        &self,
+        commands: Vec<Command>,
+        in_flight: &mut FuturesOrdered<BoxFuture<'static, Written>>,
+    ) {
         let conns: BTreeSet<ConnId> = commands.iter().filter_map(Command::conn).collect();
         let count = commands.len();
-        let entry = Entry { now_ms: now_ms(), commands };
+        let entry = Entry {
+            now_ms: now_ms(),
+            commands,
+        };
         match self.raft.client_write_ff(entry).await {
             Ok(responder) => {
                 tracing::trace!(commands = count, "proposed entry");
-                in_flight.push_back(Box::pin(async move { Written { conns, result: responder.await } }));
+                in_flight.push_back(Box::pin(async move {
+                    Written {
+                        conns,
+                        result: responder.await,
+                    }
+                }));
             }
             Err(fatal) => {
                 let (code, text) = self.fatal_reply(&fatal);
@@ -177,18 +195,32 @@ impl Batcher {
                 // The entry may still be committed by the new leader; the connection is closed
                 // either way, so no confirm for it goes out from here. Leader forwarding (a later
                 // issue) will make this rare.
-                let leader = f.leader_id.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into());
+                let leader = f
+                    .leader_id
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "unknown".into());
                 (
                     CONNECTION_FORCED,
-                    reply_code::text(CONNECTION_FORCED, format!("this node is no longer the leader (leader: {leader})")),
+                    reply_code::text(
+                        CONNECTION_FORCED,
+                        format!("this node is no longer the leader (leader: {leader})"),
+                    ),
                 )
             }
-            Ok(Err(ClientWriteError::ChangeMembershipError(e))) => {
-                (INTERNAL_ERROR, reply_code::text(INTERNAL_ERROR, format!("log write failed: {e}")))
-            }
+            Ok(Err(ClientWriteError::ChangeMembershipError(e))) => (
+                INTERNAL_ERROR,
+                reply_code::text(INTERNAL_ERROR, format!("log write failed: {e}")),
+            ),
             // The responder was dropped: raft stopped, either on shutdown or on a fatal error.
             Err(_) => {
-                let fatal = self.raft.metrics().borrow().running_state.clone().err().unwrap_or(Fatal::Stopped);
+                let fatal = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .running_state
+                    .clone()
+                    .err()
+                    .unwrap_or(Fatal::Stopped);
                 self.fatal_reply(&fatal)
             }
         };
@@ -200,9 +232,15 @@ impl Batcher {
         match fatal {
             Fatal::Stopped => (
                 CONNECTION_FORCED,
-                reply_code::text(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"),
+                reply_code::text(
+                    CONNECTION_FORCED,
+                    "broker forced connection closure with reason 'shutdown'",
+                ),
             ),
-            other => (INTERNAL_ERROR, reply_code::text(INTERNAL_ERROR, format!("log write failed: {other}"))),
+            other => (
+                INTERNAL_ERROR,
+                reply_code::text(INTERNAL_ERROR, format!("log write failed: {other}")),
+            ),
         }
     }
 

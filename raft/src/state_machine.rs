@@ -9,7 +9,9 @@
 //! exactly the state the node had. This file does no networking and knows no membership rules.
 
 use crate::store::{cf, decode_meta, encode_meta, synced, StoreError, CF_SM};
-use crate::types::{LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
 use raftmq_broker::log::EffectSink;
@@ -41,7 +43,11 @@ pub struct ApplyStats {
     pub commands: AtomicU64,
 }
 
-fn io_err(subject: ErrorSubject<u64>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -58,10 +64,14 @@ pub struct StateMachineStore {
 
 impl StateMachineStore {
     /// Opens the state machine on `db`, loading the latest persisted snapshot if there is one.
-    pub(crate) fn open(db: Arc<DB>, sink: Arc<dyn EffectSink>) -> Result<StateMachineStore, StoreError> {
+    pub(crate) fn open(
+        db: Arc<DB>,
+        sink: Arc<dyn EffectSink>,
+    ) -> Result<StateMachineStore, StoreError> {
         let mut applied = Applied::default();
         if let Some((meta, data)) = read_snapshot(&db)? {
-            applied.state = State::decode_snapshot(&data).map_err(|e| StoreError::corrupt("snapshot", e))?;
+            applied.state =
+                State::decode_snapshot(&data).map_err(|e| StoreError::corrupt("snapshot", e))?;
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership;
             tracing::info!(snapshot = %meta.snapshot_id, last_index = applied.state.last_index, "loaded snapshot");
@@ -133,7 +143,13 @@ async fn persist_snapshot(
     };
     tokio::task::spawn_blocking(write)
         .await
-        .map_err(|e| io_err(ErrorSubject::Snapshot(Some(signature.clone())), ErrorVerb::Write, e))?
+        .map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(signature.clone())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?
         .map_err(|e| io_err(ErrorSubject::Snapshot(Some(signature)), ErrorVerb::Write, e))
 }
 
@@ -153,7 +169,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let data = tokio::task::spawn_blocking(move || state.encode_snapshot())
             .await
             .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let snapshot_id = match &self.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, nanos),
             None => format!("none-{nanos}"),
@@ -165,7 +184,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         persist_snapshot(&self.db, &self.snapshot_write, &meta, data.clone()).await?;
         tracing::info!(snapshot = %meta, bytes = data.len(), "built snapshot");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -199,7 +221,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         }
                     }
                     EntryPayload::Membership(membership) => {
-                        applied.last_membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                        applied.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership.clone());
                     }
                 }
                 applied.last_applied = Some(entry.log_id);
@@ -207,7 +230,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         }
         self.stats.entries.fetch_add(entry_count, Ordering::Relaxed);
-        self.stats.commands.fetch_add(command_count, Ordering::Relaxed);
+        self.stats
+            .commands
+            .fetch_add(command_count, Ordering::Relaxed);
         // Effects leave after the lock is released (the sink must not block, but a reader of the
         // state should not wait for dispatch either), one call per entry, in log order.
         for effects in effects_per_entry {
@@ -232,10 +257,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state = State::decode_snapshot(&data)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
+        let state = State::decode_snapshot(&data).map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
         // Persist first, then switch the in-memory state: a crash in between restarts from the
         // installed snapshot, which is what the leader asked for.
         persist_snapshot(&self.db, &self.snapshot_write, meta, data).await?;
@@ -253,7 +287,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(stored.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }
 

@@ -12,10 +12,14 @@
 
 use crate::types::{LogEntry, LogId, NodeInfo, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, Membership, OptionalSend, StorageIOError};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, Membership, OptionalSend, StorageIOError,
+};
 use raftmq_broker::ids::NodeId;
 use raftmq_broker::machine::command::Entry as CommandBatch;
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -40,7 +44,10 @@ const KIND_MEMBERSHIP: u8 = 2;
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("cannot open the RocksDB database at {path}: {source}")]
-    Open { path: String, source: rocksdb::Error },
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("RocksDB error: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt {what} in the database: {detail}")]
@@ -51,7 +58,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
-        StoreError::Corrupt { what, detail: detail.to_string() }
+        StoreError::Corrupt {
+            what,
+            detail: detail.to_string(),
+        }
     }
 }
 
@@ -63,9 +73,12 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
     opts.create_missing_column_families(true);
     // The write-ahead log is what makes a synced write durable; keep RocksDB's defaults for it
     // (enabled, flushed on every write) and never disable it for any column family.
-    let cfs = [CF_LOGS, CF_META, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-    let db = DB::open_cf_descriptors(&opts, path, cfs)
-        .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+    let cfs =
+        [CF_LOGS, CF_META, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
     Ok(Arc::new(db))
 }
 
@@ -86,7 +99,9 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 fn key_index(key: &[u8]) -> Result<u64, StoreError> {
-    let bytes: [u8; 8] = key.try_into().map_err(|_| StoreError::corrupt("log key", format!("{} bytes", key.len())))?;
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::corrupt("log key", format!("{} bytes", key.len())))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -114,22 +129,32 @@ pub(crate) fn encode_log_entry(entry: &LogEntry) -> Result<Vec<u8>, postcard::Er
 pub(crate) fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StoreError> {
     let rest = match bytes.split_first() {
         Some((&LOG_FORMAT_VERSION, rest)) => rest,
-        Some((v, _)) => return Err(StoreError::corrupt("log entry", format!("unknown format version {v}"))),
+        Some((v, _)) => {
+            return Err(StoreError::corrupt(
+                "log entry",
+                format!("unknown format version {v}"),
+            ))
+        }
         None => return Err(StoreError::corrupt("log entry", "empty value")),
     };
     let (log_id, rest): (LogId, &[u8]) =
         postcard::take_from_bytes(rest).map_err(|e| StoreError::corrupt("log entry id", e))?;
     let payload = match rest.split_first() {
         Some((&KIND_BLANK, _)) => EntryPayload::Blank,
-        Some((&KIND_NORMAL, batch)) => {
-            EntryPayload::Normal(CommandBatch::decode(batch).map_err(|e| StoreError::corrupt("command batch", e))?)
-        }
+        Some((&KIND_NORMAL, batch)) => EntryPayload::Normal(
+            CommandBatch::decode(batch).map_err(|e| StoreError::corrupt("command batch", e))?,
+        ),
         Some((&KIND_MEMBERSHIP, m)) => {
             let membership: Membership<NodeId, NodeInfo> =
                 postcard::from_bytes(m).map_err(|e| StoreError::corrupt("membership entry", e))?;
             EntryPayload::Membership(membership)
         }
-        Some((k, _)) => return Err(StoreError::corrupt("log entry", format!("unknown kind {k}"))),
+        Some((k, _)) => {
+            return Err(StoreError::corrupt(
+                "log entry",
+                format!("unknown kind {k}"),
+            ))
+        }
         None => return Err(StoreError::corrupt("log entry", "missing kind")),
     };
     Ok(LogEntry { log_id, payload })
@@ -140,15 +165,27 @@ pub(crate) fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, pos
     postcard::to_extend(value, vec![LOG_FORMAT_VERSION])
 }
 
-pub(crate) fn decode_meta<T: serde::de::DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode_meta<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     match bytes.split_first() {
-        Some((&LOG_FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| StoreError::corrupt(what, e)),
-        Some((v, _)) => Err(StoreError::corrupt(what, format!("unknown format version {v}"))),
+        Some((&LOG_FORMAT_VERSION, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| StoreError::corrupt(what, e))
+        }
+        Some((v, _)) => Err(StoreError::corrupt(
+            what,
+            format!("unknown format version {v}"),
+        )),
         None => Err(StoreError::corrupt(what, "empty value")),
     }
 }
 
-fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -164,7 +201,11 @@ impl LogStore {
         LogStore { db }
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8], what: &'static str) -> Result<Option<T>, StoreError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
         match self.db.get_cf(cf(&self.db, CF_META), key)? {
             None => Ok(None),
             Some(bytes) => decode_meta(what, &bytes).map(Some),
@@ -172,16 +213,20 @@ impl LogStore {
     }
 
     fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
-        self.get_meta(KEY_LAST_PURGED, "last purged log id").map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
+        self.get_meta(KEY_LAST_PURGED, "last purged log id")
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
-        let mut iter = self.db.iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
+        let mut iter = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
         match iter.next() {
             None => Ok(None),
             Some(Err(e)) => Err(io_err(ErrorSubject::Logs, ErrorVerb::Read, e)),
             Some(Ok((_, value))) => {
-                let entry = decode_log_entry(&value).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                let entry = decode_log_entry(&value)
+                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
                 Ok(Some(entry.log_id))
             }
         }
@@ -192,7 +237,11 @@ impl LogStore {
     async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let opts = if sync { synced() } else { WriteOptions::default() };
+            let opts = if sync {
+                synced()
+            } else {
+                WriteOptions::default()
+            };
             db.write_opt(batch, &opts)
         })
         .await??;
@@ -202,7 +251,10 @@ impl LogStore {
     fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<LogEntry>, StoreError> {
         let mut entries = Vec::new();
         let from = index_key(start);
-        for item in self.db.iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::From(&from, Direction::Forward)) {
+        for item in self.db.iterator_cf(
+            cf(&self.db, CF_LOGS),
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
             let (key, value) = item?;
             let index = key_index(&key)?;
             let in_range = match end {
@@ -233,7 +285,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = range.end_bound().cloned();
-        self.read_range(start, end).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+        self.read_range(start, end)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 }
 
@@ -244,7 +297,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged_log_id = self.last_purged()?;
         // With every entry purged the log is empty, and its last id is the last purged one.
         let last_log_id = self.last_log_id()?.or(last_purged_log_id);
-        Ok(LogState { last_purged_log_id, last_log_id })
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -255,14 +311,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durability: a vote must be on disk before this node answers the vote request or acts
         // as leader of that term; forgetting it after a crash could let the node vote twice in
         // one term and elect two leaders. So it is a synced write.
-        let value = encode_meta(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        let value =
+            encode_meta(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_VOTE, value);
-        self.write(batch, true).await.map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
+        self.write(batch, true)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(KEY_VOTE, "vote").map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
+        self.get_meta(KEY_VOTE, "vote")
+            .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -271,10 +331,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // synced by `append`, and losing the latest value only means the node re-learns it from
         // the next commit. A later synced write (append, vote) makes it durable anyway, since
         // RocksDB's write-ahead log is sequential.
-        let value = encode_meta(&committed).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let value = encode_meta(&committed)
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_COMMITTED, value);
-        self.write(batch, false).await.map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        self.write(batch, false)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -284,7 +347,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -322,9 +389,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // replaced. (A later synced append would also persist it; syncing here keeps the
         // reasoning local and truncation is rare.)
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf(&self.db, CF_LOGS), index_key(log_id.index), index_key(u64::MAX));
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOGS),
+            index_key(log_id.index),
+            index_key(u64::MAX),
+        );
         batch.delete_cf(cf(&self.db, CF_LOGS), index_key(u64::MAX));
-        self.write(batch, true).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        self.write(batch, true)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -333,11 +406,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // entries covered by a snapshot that `state_machine.rs` has already written synced, so
         // the purge itself need not be synced: if it is lost, the old entries come back and
         // are simply purged again.
-        let value = encode_meta(&log_id).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
+        let value =
+            encode_meta(&log_id).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_LAST_PURGED, value);
-        batch.delete_range_cf(cf(&self.db, CF_LOGS), index_key(0), index_key(log_id.index.saturating_add(1)));
-        self.write(batch, false).await.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
+        batch.delete_range_cf(
+            cf(&self.db, CF_LOGS),
+            index_key(0),
+            index_key(log_id.index.saturating_add(1)),
+        );
+        self.write(batch, false)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
 
@@ -349,20 +429,41 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     fn log_id(term: u64, index: u64) -> LogId {
-        LogId { leader_id: CommittedLeaderId::new(term, 7), index }
+        LogId {
+            leader_id: CommittedLeaderId::new(term, 7),
+            index,
+        }
     }
 
     #[test]
     fn log_entry_encoding_round_trips_every_payload_kind() {
         let batch = CommandBatch {
             now_ms: 1_700_000_000_000,
-            commands: vec![Command::NodeStarted { node: 1, epoch: 3, drop_transient: true }],
+            commands: vec![Command::NodeStarted {
+                node: 1,
+                epoch: 3,
+                drop_transient: true,
+            }],
         };
         let mut nodes = BTreeMap::new();
-        nodes.insert(1, NodeInfo { raft_addr: "a:1".into(), amqp_addr: "a:2".into(), zone: "z1".into() });
+        nodes.insert(
+            1,
+            NodeInfo {
+                raft_addr: "a:1".into(),
+                amqp_addr: "a:2".into(),
+                zone: "z1".into(),
+            },
+        );
         let membership = Membership::new(vec![BTreeSet::from([1])], nodes);
-        for payload in [EntryPayload::Blank, EntryPayload::Normal(batch), EntryPayload::Membership(membership)] {
-            let entry = LogEntry { log_id: log_id(2, 9), payload };
+        for payload in [
+            EntryPayload::Blank,
+            EntryPayload::Normal(batch),
+            EntryPayload::Membership(membership),
+        ] {
+            let entry = LogEntry {
+                log_id: log_id(2, 9),
+                payload,
+            };
             let bytes = encode_log_entry(&entry).expect("encodes");
             assert_eq!(bytes[0], LOG_FORMAT_VERSION);
             assert_eq!(decode_log_entry(&bytes).expect("decodes"), entry);

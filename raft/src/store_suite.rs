@@ -17,7 +17,9 @@ fn store_error(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for TempStoreBuilder {
-    async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().map_err(store_error)?;
         let db = open_db(&dir.path().join("db")).map_err(store_error)?;
         let (log, sm) = open_stores(db, Arc::new(DiscardEffects)).map_err(store_error)?;

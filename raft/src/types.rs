@@ -21,7 +21,11 @@ pub struct NodeInfo {
 
 impl fmt::Display for NodeInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "raft={} amqp={} zone={}", self.raft_addr, self.amqp_addr, self.zone)
+        write!(
+            f,
+            "raft={} amqp={} zone={}",
+            self.raft_addr, self.amqp_addr, self.zone
+        )
     }
 }
 

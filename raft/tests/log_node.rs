@@ -21,7 +21,13 @@ struct RecordingSink {
 
 impl RecordingSink {
     fn effects(&self) -> Vec<Effect> {
-        self.batches.lock().unwrap().iter().flatten().cloned().collect()
+        self.batches
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
     }
 }
 
@@ -32,25 +38,40 @@ impl EffectSink for RecordingSink {
 }
 
 fn config(dir: &Path) -> LogConfig {
-    let node = NodeInfo { raft_addr: "127.0.0.1:0".into(), amqp_addr: "127.0.0.1:5672".into(), zone: "test-a".into() };
+    let node = NodeInfo {
+        raft_addr: "127.0.0.1:0".into(),
+        amqp_addr: "127.0.0.1:5672".into(),
+        zone: "test-a".into(),
+    };
     LogConfig::new(1, dir, node)
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 fn conn(seq: u64) -> ConnId {
-    ConnId { node: 1, epoch: 1, seq }
+    ConnId {
+        node: 1,
+        epoch: 1,
+        seq,
+    }
 }
 
 fn queue_declare(seq: u64, queue: &str) -> Command {
     Command::QueueDeclare {
-        ch: ChannelRef { conn: conn(seq), number: 1, generation: 0 },
+        ch: ChannelRef {
+            conn: conn(seq),
+            number: 1,
+            generation: 0,
+        },
         queue: queue.to_string(),
         server_named: false,
         passive: false,
@@ -71,7 +92,9 @@ fn applied_index(node: &LogNode) -> u64 {
 async fn a_fresh_directory_forms_a_one_member_group_and_applies_proposed_commands() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Arc::new(RecordingSink::default());
-    let node = LogNode::open(config(&dir.path().join("data")), sink.clone()).await.expect("open");
+    let node = LogNode::open(config(&dir.path().join("data")), sink.clone())
+        .await
+        .expect("open");
     assert_eq!(node.role(), Role::Standalone);
     assert!(dir.path().join("data/raftmq.lock").exists());
     assert!(dir.path().join("data/db").is_dir());
@@ -80,16 +103,32 @@ async fn a_fresh_directory_forms_a_one_member_group_and_applies_proposed_command
     let (proposer, proposals) = proposal_channel(1024);
     let task = node.spawn_proposer(proposals);
     for i in 0..5 {
-        proposer.submit(queue_declare(i, &format!("q{i}"))).await.unwrap();
+        proposer
+            .submit(queue_declare(i, &format!("q{i}")))
+            .await
+            .unwrap();
     }
     let status = node.status();
-    wait_until("5 commands applied", Duration::from_secs(10), || status.applied_counts().1 >= 6).await;
+    wait_until("5 commands applied", Duration::from_secs(10), || {
+        status.applied_counts().1 >= 6
+    })
+    .await;
     let last = applied_index(&node);
-    assert_eq!(node.read_state(|s| s.last_index), last, "the machine saw every applied entry");
-    assert!(node.read_state(|s| s.now_ms) > 1_600_000_000_000, "entries carry the wall clock");
+    assert_eq!(
+        node.read_state(|s| s.last_index),
+        last,
+        "the machine saw every applied entry"
+    );
+    assert!(
+        node.read_state(|s| s.now_ms) > 1_600_000_000_000,
+        "entries carry the wall clock"
+    );
 
     drop(proposer);
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("proposer exits when the channel closes").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("proposer exits when the channel closes")
+        .unwrap();
     // Effects (if the machine produced any) only name connections that proposed something.
     for effect in sink.effects() {
         assert!(effect.conn().seq < 5, "unexpected effect target {effect:?}");
@@ -107,7 +146,9 @@ async fn reopening_restores_the_state_from_snapshot_and_log() {
     // No idle tick entries: the state read before shutdown must be the last one written.
     cfg.tick_interval = Duration::from_secs(3600);
 
-    let node = LogNode::open(cfg.clone(), Arc::new(RecordingSink::default())).await.expect("open");
+    let node = LogNode::open(cfg.clone(), Arc::new(RecordingSink::default()))
+        .await
+        .expect("open");
     node.start_node(1, true).await.unwrap();
     let (proposer, proposals) = proposal_channel(16);
     let _task = node.spawn_proposer(proposals);
@@ -117,23 +158,48 @@ async fn reopening_restores_the_state_from_snapshot_and_log() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let status = node.status();
-    wait_until("40 commands applied", Duration::from_secs(10), || status.applied_counts().1 >= 41).await;
-    wait_until("a snapshot", Duration::from_secs(10), || status.metrics().snapshot.is_some()).await;
+    wait_until("40 commands applied", Duration::from_secs(10), || {
+        status.applied_counts().1 >= 41
+    })
+    .await;
+    wait_until("a snapshot", Duration::from_secs(10), || {
+        status.metrics().snapshot.is_some()
+    })
+    .await;
     let before = node.read_state(|s| s.clone());
     assert!(before.last_index > 20, "last index {}", before.last_index);
     // Shutdown drains the proposer even while a Proposer handle is still alive.
     node.shutdown().await;
-    assert!(proposer.submit(queue_declare(99, "q")).await.is_err(), "the log is closed after shutdown");
+    assert!(
+        proposer.submit(queue_declare(99, "q")).await.is_err(),
+        "the log is closed after shutdown"
+    );
 
-    let node = LogNode::open(cfg, Arc::new(RecordingSink::default())).await.expect("reopen");
+    let node = LogNode::open(cfg, Arc::new(RecordingSink::default()))
+        .await
+        .expect("reopen");
     assert_eq!(node.role(), Role::Standalone);
     let metrics = node.metrics();
-    assert!(metrics.snapshot.is_some(), "the snapshot survived the restart");
-    assert!(metrics.purged.is_some(), "the log was purged behind the snapshot");
+    assert!(
+        metrics.snapshot.is_some(),
+        "the snapshot survived the restart"
+    );
+    assert!(
+        metrics.purged.is_some(),
+        "the log was purged behind the snapshot"
+    );
     let after = node.read_state(|s| s.clone());
     // Reopening appends (and applies) at least the new leader's blank entry, never loses one.
-    assert!(after.last_index >= before.last_index, "restored {} < {}", after.last_index, before.last_index);
-    assert_eq!(after.now_ms, before.now_ms, "the machine's clock is restored exactly");
+    assert!(
+        after.last_index >= before.last_index,
+        "restored {} < {}",
+        after.last_index,
+        before.last_index
+    );
+    assert_eq!(
+        after.now_ms, before.now_ms,
+        "the machine's clock is restored exactly"
+    );
     assert_eq!(after.last_index, applied_index(&node));
     node.shutdown().await;
 }
@@ -141,14 +207,19 @@ async fn reopening_restores_the_state_from_snapshot_and_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_open_on_a_locked_directory_fails_at_once_naming_it() {
     let dir = tempfile::tempdir().unwrap();
-    let first = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default())).await.expect("open");
+    let first = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default()))
+        .await
+        .expect("open");
 
     let started = Instant::now();
     let err = match LogNode::open(config(dir.path()), Arc::new(RecordingSink::default())).await {
         Ok(_) => panic!("a second open on a locked directory must fail"),
         Err(e) => e,
     };
-    assert!(started.elapsed() < Duration::from_secs(2), "it must not wait for the lock");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "it must not wait for the lock"
+    );
     assert!(matches!(err, LogOpenError::Lock(_)), "{err:?}");
     let text = err.to_string();
     let expected = format!(
@@ -161,14 +232,18 @@ async fn a_second_open_on_a_locked_directory_fails_at_once_naming_it() {
     // The first node is unaffected, and after it shuts down the directory opens again.
     assert_eq!(first.role(), Role::Standalone);
     first.shutdown().await;
-    let again = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default())).await.expect("reopen");
+    let again = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default()))
+        .await
+        .expect("reopen");
     again.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_commit_turns_ten_thousand_commands_into_few_entries() {
     let dir = tempfile::tempdir().unwrap();
-    let node = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default())).await.expect("open");
+    let node = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default()))
+        .await
+        .expect("open");
     let (proposer, proposals) = proposal_channel(4096);
     let _task = node.spawn_proposer(proposals);
     let status = node.status();
@@ -176,7 +251,10 @@ async fn group_commit_turns_ten_thousand_commands_into_few_entries() {
 
     let started = Instant::now();
     for i in 0..10_000u64 {
-        proposer.submit(Command::ConnectionClosed { conn: conn(i) }).await.unwrap();
+        proposer
+            .submit(Command::ConnectionClosed { conn: conn(i) })
+            .await
+            .unwrap();
     }
     wait_until("10 000 commands applied", Duration::from_secs(30), || {
         status.applied_counts().1 - commands_before >= 10_000
@@ -185,8 +263,15 @@ async fn group_commit_turns_ten_thousand_commands_into_few_entries() {
     let (entries_after, commands_after) = status.applied_counts();
     let entries = entries_after - entries_before;
     assert_eq!(commands_after - commands_before, 10_000);
-    eprintln!("group commit: {entries} entries for 10 000 commands in {:?}", started.elapsed());
-    assert!(entries < 1000, "{entries} entries for 10 000 commands in {:?}", started.elapsed());
+    eprintln!(
+        "group commit: {entries} entries for 10 000 commands in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        entries < 1000,
+        "{entries} entries for 10 000 commands in {:?}",
+        started.elapsed()
+    );
     node.shutdown().await;
 }
 
@@ -195,14 +280,22 @@ async fn idle_ticks_propose_empty_entries_that_move_the_clock() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.tick_interval = Duration::from_millis(20);
-    let node = LogNode::open(cfg, Arc::new(RecordingSink::default())).await.expect("open");
+    let node = LogNode::open(cfg, Arc::new(RecordingSink::default()))
+        .await
+        .expect("open");
     let (_proposer, proposals) = proposal_channel(16);
     let _task = node.spawn_proposer(proposals);
     let status = node.status();
     let start_entries = status.applied_counts().0;
-    wait_until("three tick entries", Duration::from_secs(5), || status.applied_counts().0 >= start_entries + 3).await;
+    wait_until("three tick entries", Duration::from_secs(5), || {
+        status.applied_counts().0 >= start_entries + 3
+    })
+    .await;
     let clock = node.read_state(|s| s.now_ms);
-    wait_until("the clock to move", Duration::from_secs(5), || node.read_state(|s| s.now_ms) > clock).await;
+    wait_until("the clock to move", Duration::from_secs(5), || {
+        node.read_state(|s| s.now_ms) > clock
+    })
+    .await;
     node.shutdown().await;
 }
 
@@ -210,7 +303,9 @@ async fn idle_ticks_propose_empty_entries_that_move_the_clock() {
 async fn commands_that_cannot_be_written_close_their_connections() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Arc::new(RecordingSink::default());
-    let node = LogNode::open(config(dir.path()), sink.clone()).await.expect("open");
+    let node = LogNode::open(config(dir.path()), sink.clone())
+        .await
+        .expect("open");
     let (proposer, proposals) = proposal_channel(16);
     let _task = node.spawn_proposer(proposals);
     // Raft stops underneath the proposer, as on a fatal storage error.
@@ -222,7 +317,11 @@ async fn commands_that_cannot_be_written_close_their_connections() {
             .effects()
             .iter()
             .filter_map(|e| match e {
-                Effect::ConnectionError { conn, reply_code: CONNECTION_FORCED, .. } => Some(conn.seq),
+                Effect::ConnectionError {
+                    conn,
+                    reply_code: CONNECTION_FORCED,
+                    ..
+                } => Some(conn.seq),
                 _ => None,
             })
             .collect();
@@ -235,7 +334,9 @@ async fn commands_that_cannot_be_written_close_their_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opening_another_nodes_directory_fails_instead_of_waiting_for_an_election() {
     let dir = tempfile::tempdir().unwrap();
-    let node = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default())).await.expect("open");
+    let node = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default()))
+        .await
+        .expect("open");
     node.shutdown().await;
 
     let mut other = config(dir.path());
@@ -245,10 +346,15 @@ async fn opening_another_nodes_directory_fails_instead_of_waiting_for_an_electio
         Ok(_) => panic!("node 2 must not open node 1's log"),
         Err(e) => e,
     };
-    assert!(matches!(err, LogOpenError::ForeignNode { node_id: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, LogOpenError::ForeignNode { node_id: 2, .. }),
+        "{err:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     // The failed open released the directory again.
-    let node = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default())).await.expect("reopen as node 1");
+    let node = LogNode::open(config(dir.path()), Arc::new(RecordingSink::default()))
+        .await
+        .expect("reopen as node 1");
     node.shutdown().await;
 }
 
@@ -261,22 +367,37 @@ async fn batch_limits_bound_the_commands_and_bytes_of_one_entry() {
     let mut cfg = config(dir.path());
     cfg.max_commands_per_entry = 100;
     cfg.max_bytes_per_entry = 32 * 1024;
-    let node = LogNode::open(cfg, Arc::new(RecordingSink::default())).await.expect("open");
+    let node = LogNode::open(cfg, Arc::new(RecordingSink::default()))
+        .await
+        .expect("open");
     let (proposer, proposals) = proposal_channel(4096);
     let status = node.status();
 
     // Queue everything before the batcher starts, so only the limits split the batches.
     for i in 0..1000u64 {
-        proposer.submit(Command::ConnectionClosed { conn: conn(i) }).await.unwrap();
+        proposer
+            .submit(Command::ConnectionClosed { conn: conn(i) })
+            .await
+            .unwrap();
     }
     let (entries_before, commands_before) = status.applied_counts();
     let _task = node.spawn_proposer(proposals);
-    wait_until("1000 commands applied", Duration::from_secs(10), || status.applied_counts().1 - commands_before >= 1000).await;
+    wait_until("1000 commands applied", Duration::from_secs(10), || {
+        status.applied_counts().1 - commands_before >= 1000
+    })
+    .await;
     let entries = status.applied_counts().0 - entries_before;
-    assert!((10..=15).contains(&entries), "1000 commands at 100 per entry took {entries} entries");
+    assert!(
+        (10..=15).contains(&entries),
+        "1000 commands at 100 per entry took {entries} entries"
+    );
 
     // 10 KiB bodies against a 32 KiB entry limit: at most 3 per entry.
-    let ch = ChannelRef { conn: conn(1), number: 1, generation: 0 };
+    let ch = ChannelRef {
+        conn: conn(1),
+        number: 1,
+        generation: 0,
+    };
     for _ in 0..30 {
         let publish = Publish {
             exchange: String::new(),
@@ -291,11 +412,20 @@ async fn batch_limits_bound_the_commands_and_bytes_of_one_entry() {
                 expiration_ms: None,
             },
         };
-        proposer.submit(Command::Publish { ch, publish }).await.unwrap();
+        proposer
+            .submit(Command::Publish { ch, publish })
+            .await
+            .unwrap();
     }
     let (entries_before, commands_before) = status.applied_counts();
-    wait_until("30 publishes applied", Duration::from_secs(10), || status.applied_counts().1 - commands_before >= 30).await;
+    wait_until("30 publishes applied", Duration::from_secs(10), || {
+        status.applied_counts().1 - commands_before >= 30
+    })
+    .await;
     let entries = status.applied_counts().0 - entries_before;
-    assert!(entries >= 10, "30 publishes of 10 KiB with a 32 KiB limit took only {entries} entries");
+    assert!(
+        entries >= 10,
+        "30 publishes of 10 KiB with a 32 KiB limit took only {entries} entries"
+    );
     node.shutdown().await;
 }

@@ -22,7 +22,11 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A running broker process. Killed (SIGKILL) when dropped, so no test leaves one behind.
@@ -45,7 +49,11 @@ impl Broker {
     pub fn start_with(extra: &[&str]) -> Broker {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let mut b = Broker::spawn(data_dir, tmp.path().join("raftmq.log"), extra.iter().map(|s| s.to_string()).collect());
+        let mut b = Broker::spawn(
+            data_dir,
+            tmp.path().join("raftmq.log"),
+            extra.iter().map(|s| s.to_string()).collect(),
+        );
         b._tmp = Some(tmp);
         b.wait_ready();
         b
@@ -55,7 +63,15 @@ impl Broker {
         let amqp_port = free_port();
         let http_port = free_port();
         let child = spawn_process(&data_dir, &log_path, amqp_port, http_port, &extra);
-        Broker { child: Some(child), amqp_port, http_port, data_dir, log_path, extra, _tmp: None }
+        Broker {
+            child: Some(child),
+            amqp_port,
+            http_port,
+            data_dir,
+            log_path,
+            extra,
+            _tmp: None,
+        }
     }
 
     /// Starts the same data directory again (after `kill` or `terminate`), on new ports.
@@ -63,7 +79,13 @@ impl Broker {
         assert!(self.child.is_none(), "restart of a running broker");
         self.amqp_port = free_port();
         self.http_port = free_port();
-        self.child = Some(spawn_process(&self.data_dir, &self.log_path, self.amqp_port, self.http_port, &self.extra));
+        self.child = Some(spawn_process(
+            &self.data_dir,
+            &self.log_path,
+            self.amqp_port,
+            self.http_port,
+            &self.extra,
+        ));
         self.wait_ready();
     }
 
@@ -84,13 +106,23 @@ impl Broker {
     pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(status) = self.child.as_mut().expect("running").try_wait().expect("try_wait") {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .expect("running")
+                .try_wait()
+                .expect("try_wait")
+            {
                 panic!("raftmq exited during start-up ({status}):\n{}", self.log());
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.amqp_port)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "raftmq did not start listening within {START_TIMEOUT:?}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "raftmq did not start listening within {START_TIMEOUT:?}:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -115,14 +147,19 @@ impl Broker {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("raftmq did not exit within {TIMEOUT:?} of SIGTERM:\n{}", self.log());
+                panic!(
+                    "raftmq did not exit within {TIMEOUT:?} of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub async fn connect(&self) -> Connection {
-        Connection::connect(&self.uri(), ConnectionProperties::default()).await.unwrap_or_else(|e| panic!("connect: {e}\n{}", self.log()))
+        Connection::connect(&self.uri(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", self.log()))
     }
 
     pub async fn channel(&self) -> (Connection, Channel) {
@@ -138,8 +175,18 @@ impl Drop for Broker {
     }
 }
 
-fn spawn_process(data_dir: &Path, log_path: &Path, amqp_port: u16, http_port: u16, extra: &[String]) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log_path).expect("log file");
+fn spawn_process(
+    data_dir: &Path,
+    log_path: &Path,
+    amqp_port: u16,
+    http_port: u16,
+    extra: &[String],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("log file");
     Command::new(BIN)
         .arg("serve")
         .arg("--amqp-listen")
@@ -168,7 +215,10 @@ where
         if condition().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -183,21 +233,41 @@ pub fn reply_code(err: &lapin::Error) -> Option<u16> {
 
 /// Declares a plain non-durable queue with a unique name.
 pub async fn temp_queue(ch: &Channel, name: &str) -> String {
-    ch.queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect("queue.declare");
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.declare");
     name.to_string()
 }
 
 pub async fn publish(ch: &Channel, exchange: &str, routing_key: &str, body: &[u8]) {
-    ch.basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), body, BasicProperties::default())
-        .await
-        .expect("basic.publish");
+    ch.basic_publish(
+        exchange.into(),
+        routing_key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("basic.publish");
 }
 
 /// basic.get until a message arrives or the timeout passes.
-pub async fn get_one(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::message::BasicGetMessage> {
+pub async fn get_one(
+    ch: &Channel,
+    queue: &str,
+    no_ack: bool,
+) -> Option<lapin::message::BasicGetMessage> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack }).await.expect("basic.get") {
+        if let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack })
+            .await
+            .expect("basic.get")
+        {
             return Some(m);
         }
         if Instant::now() > deadline {
@@ -209,8 +279,15 @@ pub async fn get_one(ch: &Channel, queue: &str, no_ack: bool) -> Option<lapin::m
 
 /// The number of ready messages, from a passive declare.
 pub async fn message_count(ch: &Channel, queue: &str) -> u32 {
-    ch.queue_declare(queue.into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
-        .await
-        .expect("passive queue.declare")
-        .message_count()
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive queue.declare")
+    .message_count()
 }

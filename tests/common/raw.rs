@@ -34,25 +34,39 @@ impl Raw {
         let mut raw = Raw::connect(port);
         raw.s.write_all(b"AMQP\x00\x00\x09\x01").unwrap();
         raw.expect_method();
-        raw.send(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-            client_properties: FieldTable::default(),
-            mechanism: "PLAIN".into(),
-            response: LongString::from("\0guest\0guest"),
-            locale: "en_US".into(),
-        }))));
+        raw.send(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: FieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: LongString::from("\0guest\0guest"),
+                locale: "en_US".into(),
+            })),
+        ));
         raw.expect_method();
-        raw.send(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: 10,
-            frame_max: 4096,
-            heartbeat,
-        }))));
-        raw.send(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: "/".into() }))));
+        raw.send(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 10,
+                frame_max: 4096,
+                heartbeat,
+            })),
+        ));
+        raw.send(AMQPFrame::Method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        ));
         raw.expect_method();
         raw
     }
 
     pub fn open_channel(&mut self, id: u16) {
-        self.send(AMQPFrame::Method(id, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))));
+        self.send(AMQPFrame::Method(
+            id,
+            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+        ));
         self.expect_method();
     }
 
@@ -96,7 +110,10 @@ impl Raw {
     pub fn expect_connection_close(&mut self) -> u16 {
         loop {
             match self.next_frame() {
-                Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c)))) => return c.reply_code,
+                Some(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(c)),
+                )) => return c.reply_code,
                 Some(_) => continue,
                 None => panic!("socket closed without connection.close"),
             }
@@ -107,9 +124,19 @@ impl Raw {
     pub fn expect_channel_close(&mut self, id: u16) -> u16 {
         loop {
             match self.next_frame() {
-                Some(AMQPFrame::Method(ch, AMQPClass::Channel(channel::AMQPMethod::Close(c)))) if ch == id => return c.reply_code,
-                Some(AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(c)))) => {
-                    panic!("connection closed ({}) instead of channel {id}", c.reply_code)
+                Some(AMQPFrame::Method(ch, AMQPClass::Channel(channel::AMQPMethod::Close(c))))
+                    if ch == id =>
+                {
+                    return c.reply_code
+                }
+                Some(AMQPFrame::Method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Close(c)),
+                )) => {
+                    panic!(
+                        "connection closed ({}) instead of channel {id}",
+                        c.reply_code
+                    )
                 }
                 Some(_) => continue,
                 None => panic!("socket closed without channel.close"),

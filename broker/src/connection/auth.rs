@@ -23,13 +23,20 @@ pub enum AuthError {
 
 /// Reads the credentials out of a StartOk response.
 pub fn parse_response(mechanism: &str, response: &[u8]) -> Result<Credentials, AuthError> {
-    let refused = |reason: &str| AuthError::Refused { mechanism: mechanism.to_string(), reason: reason.to_string() };
+    let refused = |reason: &str| AuthError::Refused {
+        mechanism: mechanism.to_string(),
+        reason: reason.to_string(),
+    };
     match mechanism {
         "PLAIN" => {
             let mut parts = response.split(|b| *b == 0);
             let _authzid = parts.next();
-            let user = parts.next().ok_or_else(|| refused("malformed PLAIN response"))?;
-            let password = parts.next().ok_or_else(|| refused("malformed PLAIN response"))?;
+            let user = parts
+                .next()
+                .ok_or_else(|| refused("malformed PLAIN response"))?;
+            let password = parts
+                .next()
+                .ok_or_else(|| refused("malformed PLAIN response"))?;
             Ok(Credentials {
                 user: String::from_utf8_lossy(user).into_owned(),
                 password: String::from_utf8_lossy(password).into_owned(),
@@ -43,7 +50,9 @@ pub fn parse_response(mechanism: &str, response: &[u8]) -> Result<Credentials, A
                 Err(_) => return Err(refused("malformed AMQPLAIN response")),
             };
             let get = |key: &str| match table.inner().get(key) {
-                Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                Some(AMQPValue::LongString(s)) => {
+                    Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                }
                 Some(AMQPValue::ShortString(s)) => Some(s.as_str().to_string()),
                 _ => None,
             };
@@ -65,7 +74,10 @@ pub struct Users {
 impl Users {
     /// `guest/guest` (loopback only, as in RabbitMQ), plus one configured user if given.
     pub fn new(default_user: Option<(String, String)>) -> Users {
-        let mut users = vec![Credentials { user: "guest".into(), password: "guest".into() }];
+        let mut users = vec![Credentials {
+            user: "guest".into(),
+            password: "guest".into(),
+        }];
         if let Some((user, password)) = default_user {
             users.retain(|c| c.user != user);
             users.push(Credentials { user, password });
@@ -76,7 +88,10 @@ impl Users {
     /// Checks a login; `Err` carries the reason for the log (the client only hears
     /// "login refused", as RabbitMQ does).
     pub fn check(&self, creds: &Credentials, peer: IpAddr) -> Result<(), String> {
-        let known = self.users.iter().any(|c| c.user == creds.user && c.password == creds.password);
+        let known = self
+            .users
+            .iter()
+            .any(|c| c.user == creds.user && c.password == creds.password);
         if !known {
             return Err(format!("user '{}' - invalid credentials", creds.user));
         }
@@ -102,7 +117,10 @@ mod tests {
     fn plain_and_amqplain_responses_are_read() {
         assert_eq!(
             parse_response("PLAIN", b"\0bob\0secret").unwrap(),
-            Credentials { user: "bob".into(), password: "secret".into() }
+            Credentials {
+                user: "bob".into(),
+                password: "secret".into()
+            }
         );
         // AMQPLAIN: 5"LOGIN" 'S' len "bob", 8"PASSWORD" 'S' len "secret"
         let mut r = vec![5];
@@ -114,17 +132,26 @@ mod tests {
         r.extend(6u32.to_be_bytes());
         r.extend(b"secret");
         assert_eq!(parse_response("AMQPLAIN", &r).unwrap().user, "bob");
-        assert!(matches!(parse_response("EXTERNAL", b""), Err(AuthError::UnknownMechanism(_))));
+        assert!(matches!(
+            parse_response("EXTERNAL", b""),
+            Err(AuthError::UnknownMechanism(_))
+        ));
     }
 
     #[test]
     fn guest_may_log_in_only_from_loopback() {
         let users = Users::new(None);
-        let guest = Credentials { user: "guest".into(), password: "guest".into() };
+        let guest = Credentials {
+            user: "guest".into(),
+            password: "guest".into(),
+        };
         assert!(users.check(&guest, "127.0.0.1".parse().unwrap()).is_ok());
         assert!(users.check(&guest, "::1".parse().unwrap()).is_ok());
         assert!(users.check(&guest, "10.1.2.3".parse().unwrap()).is_err());
-        let wrong = Credentials { user: "guest".into(), password: "nope".into() };
+        let wrong = Credentials {
+            user: "guest".into(),
+            password: "nope".into(),
+        };
         assert!(users.check(&wrong, "127.0.0.1".parse().unwrap()).is_err());
     }
 }

@@ -122,13 +122,25 @@ pub fn fold_confirms(confirms: &[(u64, bool)]) -> Vec<ConfirmFrame> {
             });
         } else {
             if let Some((tag, n)) = run.take() {
-                frames.push(ConfirmFrame { delivery_tag: tag, multiple: n > 1, ack: true });
+                frames.push(ConfirmFrame {
+                    delivery_tag: tag,
+                    multiple: n > 1,
+                    ack: true,
+                });
             }
-            frames.push(ConfirmFrame { delivery_tag: seq, multiple: false, ack: false });
+            frames.push(ConfirmFrame {
+                delivery_tag: seq,
+                multiple: false,
+                ack: false,
+            });
         }
     }
     if let Some((tag, n)) = run {
-        frames.push(ConfirmFrame { delivery_tag: tag, multiple: n > 1, ack: true });
+        frames.push(ConfirmFrame {
+            delivery_tag: tag,
+            multiple: n > 1,
+            ack: true,
+        });
     }
     frames
 }
@@ -139,15 +151,41 @@ mod tests {
 
     #[test]
     fn runs_of_acks_fold_into_one_multiple_ack_and_nacks_stay_single() {
-        let frames = fold_confirms(&[(1, true), (2, true), (3, false), (4, true), (5, true), (6, true)]);
+        let frames = fold_confirms(&[
+            (1, true),
+            (2, true),
+            (3, false),
+            (4, true),
+            (5, true),
+            (6, true),
+        ]);
         assert_eq!(
             frames,
             vec![
-                ConfirmFrame { delivery_tag: 2, multiple: true, ack: true },
-                ConfirmFrame { delivery_tag: 3, multiple: false, ack: false },
-                ConfirmFrame { delivery_tag: 6, multiple: true, ack: true },
+                ConfirmFrame {
+                    delivery_tag: 2,
+                    multiple: true,
+                    ack: true
+                },
+                ConfirmFrame {
+                    delivery_tag: 3,
+                    multiple: false,
+                    ack: false
+                },
+                ConfirmFrame {
+                    delivery_tag: 6,
+                    multiple: true,
+                    ack: true
+                },
             ]
         );
-        assert_eq!(fold_confirms(&[(9, true)]), vec![ConfirmFrame { delivery_tag: 9, multiple: false, ack: true }]);
+        assert_eq!(
+            fold_confirms(&[(9, true)]),
+            vec![ConfirmFrame {
+                delivery_tag: 9,
+                multiple: false,
+                ack: true
+            }]
+        );
     }
 }

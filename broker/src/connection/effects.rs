@@ -12,27 +12,53 @@ use amq_protocol::protocol::{basic, channel, exchange, queue, tx, AMQPClass};
 
 fn reply_method(reply: Reply) -> Option<AMQPClass> {
     Some(match reply {
-        Reply::ExchangeDeclareOk => AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
-        Reply::ExchangeDeleteOk => AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
-        Reply::ExchangeBindOk => AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
-        Reply::ExchangeUnbindOk => AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
-        Reply::QueueDeclareOk { queue, message_count, consumer_count } => {
-            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk { queue: queue.into(), message_count, consumer_count }))
+        Reply::ExchangeDeclareOk => {
+            AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {}))
         }
+        Reply::ExchangeDeleteOk => {
+            AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {}))
+        }
+        Reply::ExchangeBindOk => {
+            AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {}))
+        }
+        Reply::ExchangeUnbindOk => {
+            AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {}))
+        }
+        Reply::QueueDeclareOk {
+            queue,
+            message_count,
+            consumer_count,
+        } => AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+            queue: queue.into(),
+            message_count,
+            consumer_count,
+        })),
         Reply::QueueBindOk => AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
         Reply::QueueUnbindOk => AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
-        Reply::QueuePurgeOk { message_count } => AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count })),
-        Reply::QueueDeleteOk { message_count } => AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count })),
+        Reply::QueuePurgeOk { message_count } => {
+            AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count }))
+        }
+        Reply::QueueDeleteOk { message_count } => {
+            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                message_count,
+            }))
+        }
         Reply::QosOk => AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
         Reply::ConsumeOk { consumer_tag } => {
-            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: consumer_tag.into() }))
+            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                consumer_tag: consumer_tag.into(),
+            }))
         }
         Reply::CancelOk { consumer_tag } => {
-            AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: consumer_tag.into() }))
+            AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                consumer_tag: consumer_tag.into(),
+            }))
         }
         Reply::GetEmpty => AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
         Reply::RecoverOk => AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
-        Reply::FlowOk { active } => AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active })),
+        Reply::FlowOk { active } => {
+            AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active }))
+        }
         Reply::TxCommitOk => AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
         Reply::ChannelCloseOk => return None,
     })
@@ -44,29 +70,52 @@ impl Conn {
             return Ok(());
         }
         for effect in batch {
-            if let Effect::ConnectionError { reply_code, reply_text, class_id, method_id, .. } = effect {
-                return Err(Stop::Hard(HardError::new(reply_code, reply_text, class_id, method_id)));
+            if let Effect::ConnectionError {
+                reply_code,
+                reply_text,
+                class_id,
+                method_id,
+                ..
+            } = effect
+            {
+                return Err(Stop::Hard(HardError::new(
+                    reply_code, reply_text, class_id, method_id,
+                )));
             }
             let Some(ch) = effect.channel() else { continue };
             let number = ch.number;
-            let Some(slot) = self.channels.get_mut(&number) else { continue };
+            let Some(slot) = self.channels.get_mut(&number) else {
+                continue;
+            };
             if slot.chref != ch {
                 continue;
             }
             match effect {
-                Effect::Reply { reply: Reply::ChannelCloseOk, .. } => {
+                Effect::Reply {
+                    reply: Reply::ChannelCloseOk,
+                    ..
+                } => {
                     if slot.phase == Phase::ClientClosing {
                         // Confirms for publishes made before the client's channel.close are
                         // owed to it, and must precede close-ok.
                         let confirms = std::mem::take(&mut slot.pending_confirms);
                         self.channels.remove(&number);
                         put_confirms(&mut self.out, number, &confirms);
-                        put_method(&mut self.out, number, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                        put_method(
+                            &mut self.out,
+                            number,
+                            AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                        );
                     }
                 }
-                Effect::Confirm { seq, ack, .. } if slot.phase == Phase::ClientClosing => slot.pending_confirms.push((seq, ack)),
+                Effect::Confirm { seq, ack, .. } if slot.phase == Phase::ClientClosing => {
+                    slot.pending_confirms.push((seq, ack))
+                }
                 _ if slot.phase != Phase::Open => {}
-                Effect::Reply { reply: Reply::RecoverOk, .. } if slot.silent_recovers > 0 => {
+                Effect::Reply {
+                    reply: Reply::RecoverOk,
+                    ..
+                } if slot.silent_recovers > 0 => {
                     slot.silent_recovers -= 1;
                 }
                 Effect::Reply { reply, .. } => {
@@ -74,8 +123,19 @@ impl Conn {
                         put_method(&mut self.out, number, method);
                     }
                 }
-                Effect::Deliver { consumer_tag, delivery_tag, redelivered, message, .. } => {
-                    let OutgoingMessage { exchange, routing_key, properties, body } = message;
+                Effect::Deliver {
+                    consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    message,
+                    ..
+                } => {
+                    let OutgoingMessage {
+                        exchange,
+                        routing_key,
+                        properties,
+                        body,
+                    } = message;
                     let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
                         consumer_tag: consumer_tag.into(),
                         delivery_tag,
@@ -83,10 +143,28 @@ impl Conn {
                         exchange: exchange.into(),
                         routing_key: routing_key.into(),
                     }));
-                    put_content_method(&mut self.out, number, method, &properties, &body, self.frame_max);
+                    put_content_method(
+                        &mut self.out,
+                        number,
+                        method,
+                        &properties,
+                        &body,
+                        self.frame_max,
+                    );
                 }
-                Effect::GetOk { delivery_tag, redelivered, message_count, message, .. } => {
-                    let OutgoingMessage { exchange, routing_key, properties, body } = message;
+                Effect::GetOk {
+                    delivery_tag,
+                    redelivered,
+                    message_count,
+                    message,
+                    ..
+                } => {
+                    let OutgoingMessage {
+                        exchange,
+                        routing_key,
+                        properties,
+                        body,
+                    } = message;
                     let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
                         delivery_tag,
                         redelivered,
@@ -94,17 +172,41 @@ impl Conn {
                         routing_key: routing_key.into(),
                         message_count,
                     }));
-                    put_content_method(&mut self.out, number, method, &properties, &body, self.frame_max);
+                    put_content_method(
+                        &mut self.out,
+                        number,
+                        method,
+                        &properties,
+                        &body,
+                        self.frame_max,
+                    );
                 }
-                Effect::Return { reply_code, reply_text, message, .. } => {
-                    let OutgoingMessage { exchange, routing_key, properties, body } = message;
+                Effect::Return {
+                    reply_code,
+                    reply_text,
+                    message,
+                    ..
+                } => {
+                    let OutgoingMessage {
+                        exchange,
+                        routing_key,
+                        properties,
+                        body,
+                    } = message;
                     let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                         reply_code,
                         reply_text: super::truncate_short(&reply_text).into(),
                         exchange: exchange.into(),
                         routing_key: routing_key.into(),
                     }));
-                    put_content_method(&mut self.out, number, method, &properties, &body, self.frame_max);
+                    put_content_method(
+                        &mut self.out,
+                        number,
+                        method,
+                        &properties,
+                        &body,
+                        self.frame_max,
+                    );
                 }
                 Effect::Confirm { seq, ack, .. } => slot.pending_confirms.push((seq, ack)),
                 Effect::CancelConsumer { consumer_tag, .. } => {
@@ -112,17 +214,33 @@ impl Conn {
                         put_method(
                             &mut self.out,
                             number,
-                            AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel { consumer_tag: consumer_tag.into(), nowait: true })),
+                            AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                                consumer_tag: consumer_tag.into(),
+                                nowait: true,
+                            })),
                         );
                     }
                 }
-                Effect::ChannelError { reply_code, reply_text, class_id, method_id, .. } => {
+                Effect::ChannelError {
+                    reply_code,
+                    reply_text,
+                    class_id,
+                    method_id,
+                    ..
+                } => {
                     // Confirms that came before the error still count.
                     let confirms = std::mem::take(&mut slot.pending_confirms);
                     slot.phase = Phase::ServerClosing;
                     slot.content = None;
                     put_confirms(&mut self.out, number, &confirms);
-                    put_channel_close(&mut self.out, number, reply_code, &reply_text, class_id, method_id);
+                    put_channel_close(
+                        &mut self.out,
+                        number,
+                        reply_code,
+                        &reply_text,
+                        class_id,
+                        method_id,
+                    );
                 }
                 Effect::ConnectionError { .. } => unreachable!("handled above"),
             }
@@ -144,7 +262,10 @@ impl Conn {
 fn put_confirms(out: &mut bytes::BytesMut, number: u16, confirms: &[(u64, bool)]) {
     for frame in fold_confirms(confirms) {
         let method = if frame.ack {
-            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: frame.delivery_tag, multiple: frame.multiple }))
+            AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag: frame.delivery_tag,
+                multiple: frame.multiple,
+            }))
         } else {
             AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
                 delivery_tag: frame.delivery_tag,

@@ -5,7 +5,9 @@
 
 use super::auth::{parse_response, AuthError};
 use super::HardError;
-use crate::protocol::frame::{split_frame, RawFrame, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE, PROTOCOL_HEADER};
+use crate::protocol::frame::{
+    split_frame, RawFrame, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE, PROTOCOL_HEADER,
+};
 use crate::protocol::method::{decode_method, put_method};
 use crate::reply_code::{self, ACCESS_REFUSED, COMMAND_INVALID, FRAME_ERROR, NOT_ALLOWED};
 use crate::server::Broker;
@@ -57,7 +59,9 @@ pub(crate) async fn negotiate(
 ) -> Result<Negotiated, HandshakeFailed> {
     while rbuf.len() < 8 {
         if rd.read_buf(rbuf).await? == 0 {
-            return Err(HandshakeFailed::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            return Err(HandshakeFailed::Io(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
         }
     }
     if rbuf[..8] != PROTOCOL_HEADER {
@@ -71,13 +75,17 @@ pub(crate) async fn negotiate(
 
     let config = &broker.config;
     let mut out = BytesMut::new();
-    put_method(&mut out, 0, AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-        version_major: 0,
-        version_minor: 9,
-        server_properties: server_properties(&config.cluster_name),
-        mechanisms: LongString::from("PLAIN AMQPLAIN"),
-        locales: LongString::from("en_US"),
-    })));
+    put_method(
+        &mut out,
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(&config.cluster_name),
+            mechanisms: LongString::from("PLAIN AMQPLAIN"),
+            locales: LongString::from("en_US"),
+        })),
+    );
     wr.write_all(&out).await?;
 
     let start_ok = match expect_method(rd, wr, rbuf, PRE_TUNE_FRAME_MAX).await? {
@@ -89,7 +97,10 @@ pub(crate) async fn negotiate(
     let creds = match parse_response(&mechanism, start_ok.response.as_bytes()) {
         Ok(c) => c,
         Err(AuthError::UnknownMechanism(m)) => {
-            let text = reply_code::text(COMMAND_INVALID, format!("unknown authentication mechanism '{m}'"));
+            let text = reply_code::text(
+                COMMAND_INVALID,
+                format!("unknown authentication mechanism '{m}'"),
+            );
             return refuse(wr, HardError::new(COMMAND_INVALID, text, 10, 11)).await;
         }
         Err(AuthError::Refused { reason, .. }) => {
@@ -103,30 +114,48 @@ pub(crate) async fn negotiate(
     }
 
     out.clear();
-    put_method(&mut out, 0, AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-        channel_max: config.channel_max,
-        frame_max: config.frame_max,
-        heartbeat: config.heartbeat_s,
-    })));
+    put_method(
+        &mut out,
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+            channel_max: config.channel_max,
+            frame_max: config.frame_max,
+            heartbeat: config.heartbeat_s,
+        })),
+    );
     wr.write_all(&out).await?;
 
     let tune_ok = match expect_method(rd, wr, rbuf, PRE_TUNE_FRAME_MAX).await? {
         AMQPClass::Connection(connection::AMQPMethod::TuneOk(t)) => t,
         other => return refuse(wr, unexpected(&other)).await,
     };
-    let frame_max = if tune_ok.frame_max == 0 { config.frame_max } else { tune_ok.frame_max };
+    let frame_max = if tune_ok.frame_max == 0 {
+        config.frame_max
+    } else {
+        tune_ok.frame_max
+    };
     if frame_max < FRAME_MIN_SIZE || frame_max > config.frame_max {
         let text = reply_code::text(
             NOT_ALLOWED,
-            format!("frame_max={} outside the allowed range {}..={}", tune_ok.frame_max, FRAME_MIN_SIZE, config.frame_max),
+            format!(
+                "frame_max={} outside the allowed range {}..={}",
+                tune_ok.frame_max, FRAME_MIN_SIZE, config.frame_max
+            ),
         );
         return refuse(wr, HardError::new(NOT_ALLOWED, text, 10, 31)).await;
     }
-    let channel_max = if tune_ok.channel_max == 0 { config.channel_max } else { tune_ok.channel_max };
+    let channel_max = if tune_ok.channel_max == 0 {
+        config.channel_max
+    } else {
+        tune_ok.channel_max
+    };
     if channel_max > config.channel_max {
         let text = reply_code::text(
             NOT_ALLOWED,
-            format!("negotiated channel_max = {} is higher than the maximum allowed value ({})", channel_max, config.channel_max),
+            format!(
+                "negotiated channel_max = {} is higher than the maximum allowed value ({})",
+                channel_max, config.channel_max
+            ),
         );
         return refuse(wr, HardError::new(NOT_ALLOWED, text, 10, 31)).await;
     }
@@ -136,14 +165,27 @@ pub(crate) async fn negotiate(
         other => return refuse(wr, unexpected(&other)).await,
     };
     if open.virtual_host.as_str() != "/" {
-        let text = reply_code::text(NOT_ALLOWED, format!("vhost {} not found", open.virtual_host.as_str()));
+        let text = reply_code::text(
+            NOT_ALLOWED,
+            format!("vhost {} not found", open.virtual_host.as_str()),
+        );
         return refuse(wr, HardError::new(NOT_ALLOWED, text, 10, 40)).await;
     }
     out.clear();
-    put_method(&mut out, 0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+    put_method(
+        &mut out,
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+    );
     wr.write_all(&out).await?;
     info!(user = %creds.user, frame_max, channel_max, heartbeat = tune_ok.heartbeat, "connection open");
-    Ok(Negotiated { user: creds.user, frame_max, channel_max, heartbeat_s: tune_ok.heartbeat, cancel_notify })
+    Ok(Negotiated {
+        user: creds.user,
+        frame_max,
+        channel_max,
+        heartbeat_s: tune_ok.heartbeat,
+        cancel_notify,
+    })
 }
 
 fn login_refused(mechanism: &str) -> HardError {
@@ -155,7 +197,10 @@ fn login_refused(mechanism: &str) -> HardError {
 }
 
 fn unexpected(method: &AMQPClass) -> HardError {
-    let text = reply_code::text(COMMAND_INVALID, "unexpected method during the connection handshake");
+    let text = reply_code::text(
+        COMMAND_INVALID,
+        "unexpected method during the connection handshake",
+    );
     let (class_id, method_id) = super::method_ids(method);
     HardError::new(COMMAND_INVALID, text, class_id, method_id)
 }
@@ -170,16 +215,29 @@ async fn refuse<T>(wr: &mut OwnedWriteHalf, err: HardError) -> Result<T, Handsha
     Err(HandshakeFailed::Refused(err))
 }
 
-async fn read_frame(rd: &mut OwnedReadHalf, rbuf: &mut BytesMut, frame_max: u32) -> Result<Result<RawFrame, HardError>, HandshakeFailed> {
+async fn read_frame(
+    rd: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    frame_max: u32,
+) -> Result<Result<RawFrame, HardError>, HandshakeFailed> {
     loop {
         match split_frame(rbuf, frame_max) {
             Ok(Some(frame)) => return Ok(Ok(frame)),
             Ok(None) => {
                 if rd.read_buf(rbuf).await? == 0 {
-                    return Err(HandshakeFailed::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    return Err(HandshakeFailed::Io(
+                        std::io::ErrorKind::UnexpectedEof.into(),
+                    ));
                 }
             }
-            Err(e) => return Ok(Err(HardError::new(FRAME_ERROR, reply_code::text(FRAME_ERROR, e), 0, 0))),
+            Err(e) => {
+                return Ok(Err(HardError::new(
+                    FRAME_ERROR,
+                    reply_code::text(FRAME_ERROR, e),
+                    0,
+                    0,
+                )))
+            }
         }
     }
 }
@@ -201,11 +259,16 @@ async fn expect_method(
                 Ok(m) => return Ok(m),
                 Err(e) => {
                     let (c, m) = e.ids();
-                    return refuse(wr, HardError::new(e.reply_code(), reply_code::text(e.reply_code(), &e), c, m)).await;
+                    return refuse(
+                        wr,
+                        HardError::new(e.reply_code(), reply_code::text(e.reply_code(), &e), c, m),
+                    )
+                    .await;
                 }
             },
             _ => {
-                let text = reply_code::text(COMMAND_INVALID, "expected a connection method on channel 0");
+                let text =
+                    reply_code::text(COMMAND_INVALID, "expected a connection method on channel 0");
                 return refuse(wr, HardError::new(COMMAND_INVALID, text, 0, 0)).await;
             }
         }
@@ -214,7 +277,9 @@ async fn expect_method(
 
 fn capability(client_properties: &FieldTable, name: &str) -> bool {
     match client_properties.inner().get("capabilities") {
-        Some(AMQPValue::FieldTable(caps)) => matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true))),
+        Some(AMQPValue::FieldTable(caps)) => {
+            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
         _ => false,
     }
 }
@@ -238,7 +303,10 @@ fn server_properties(cluster_name: &str) -> FieldTable {
     props.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
     props.insert("platform".into(), text("Rust"));
     props.insert("copyright".into(), text("The RaftMQ authors"));
-    props.insert("information".into(), text("An AMQP 0-9-1 broker replicated with Raft"));
+    props.insert(
+        "information".into(),
+        text("An AMQP 0-9-1 broker replicated with Raft"),
+    );
     props.insert("cluster_name".into(), text(cluster_name));
     props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
     props

@@ -12,13 +12,20 @@ use crate::protocol::content::{decode_properties, parse_expiration, ContentHeade
 use crate::protocol::frame::{RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::protocol::method::{decode_method, put_method};
 use crate::reply_code::{
-    self, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR, NOT_ALLOWED, NOT_FOUND, NOT_IMPLEMENTED, PRECONDITION_FAILED,
-    UNEXPECTED_FRAME,
+    self, CHANNEL_ERROR, COMMAND_INVALID, FRAME_ERROR, NOT_ALLOWED, NOT_FOUND, NOT_IMPLEMENTED,
+    PRECONDITION_FAILED, UNEXPECTED_FRAME,
 };
-use amq_protocol::protocol::{access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass};
+use amq_protocol::protocol::{
+    access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass,
+};
 
 fn hard(code: u16, detail: impl std::fmt::Display, class_id: u16, method_id: u16) -> Stop {
-    Stop::Hard(HardError::new(code, reply_code::text(code, detail), class_id, method_id))
+    Stop::Hard(HardError::new(
+        code,
+        reply_code::text(code, detail),
+        class_id,
+        method_id,
+    ))
 }
 
 impl Conn {
@@ -29,7 +36,12 @@ impl Conn {
         match frame.kind {
             FRAME_HEARTBEAT => {
                 if frame.channel != 0 {
-                    return Err(hard(FRAME_ERROR, "heartbeat frame on a non-zero channel", 0, 0));
+                    return Err(hard(
+                        FRAME_ERROR,
+                        "heartbeat frame on a non-zero channel",
+                        0,
+                        0,
+                    ));
                 }
                 Ok(())
             }
@@ -57,9 +69,17 @@ impl Conn {
     fn handle_frame_while_closing(&mut self, frame: RawFrame) -> Result<(), Stop> {
         if frame.kind == FRAME_METHOD && frame.channel == 0 {
             match decode_method(&frame.payload) {
-                Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => return Err(Stop::Done),
+                Ok(AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => {
+                    return Err(Stop::Done)
+                }
                 Ok(AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
-                    put_method(&mut self.out, 0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                    put_method(
+                        &mut self.out,
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    );
                     return Err(Stop::Done);
                 }
                 _ => {}
@@ -72,7 +92,11 @@ impl Conn {
         match method {
             AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
                 tracing::info!(code = close.reply_code, text = %close.reply_text.as_str(), "client closed the connection");
-                put_method(&mut self.out, 0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                put_method(
+                    &mut self.out,
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
                 Err(Stop::Done)
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Err(Stop::Done),
@@ -80,7 +104,9 @@ impl Conn {
                 put_method(
                     &mut self.out,
                     0,
-                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {})),
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
                 );
                 Ok(())
             }
@@ -89,56 +115,108 @@ impl Conn {
             | AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => Ok(()),
             other => {
                 let (c, m) = method_ids(&other);
-                Err(hard(COMMAND_INVALID, "unexpected method on channel 0 of an open connection", c, m))
+                Err(hard(
+                    COMMAND_INVALID,
+                    "unexpected method on channel 0 of an open connection",
+                    c,
+                    m,
+                ))
             }
         }
     }
 
     /// Closes one channel with a soft error found here (not by the machine): channel.close to
     /// the client, and the machine is told to release what the channel held.
-    pub(crate) async fn channel_error(&mut self, number: u16, code: u16, detail: impl std::fmt::Display, class_id: u16, method_id: u16) -> Result<(), Stop> {
-        let Some(slot) = self.channels.get_mut(&number) else { return Ok(()) };
+    pub(crate) async fn channel_error(
+        &mut self,
+        number: u16,
+        code: u16,
+        detail: impl std::fmt::Display,
+        class_id: u16,
+        method_id: u16,
+    ) -> Result<(), Stop> {
+        let Some(slot) = self.channels.get_mut(&number) else {
+            return Ok(());
+        };
         slot.phase = Phase::ServerClosing;
         slot.content = None;
         slot.tx_publishes.clear();
         slot.tx_settles.clear();
         let chref = slot.chref;
-        put_channel_close(&mut self.out, number, code, &reply_code::text(code, detail), class_id, method_id);
+        put_channel_close(
+            &mut self.out,
+            number,
+            code,
+            &reply_code::text(code, detail),
+            class_id,
+            method_id,
+        );
         self.submit(Command::ChannelClosed { ch: chref }).await
     }
 
     async fn channel_method(&mut self, number: u16, method: AMQPClass) -> Result<(), Stop> {
         let (class_id, method_id) = method_ids(&method);
-        let phase = self.channels.get(&number).map(|s| (s.phase, s.content.is_some()));
+        let phase = self
+            .channels
+            .get(&number)
+            .map(|s| (s.phase, s.content.is_some()));
         match (phase, &method) {
             (None, AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
                 if number > self.channel_max {
                     return Err(hard(
                         NOT_ALLOWED,
-                        format!("channel number {number} is above the negotiated channel_max {}", self.channel_max),
+                        format!(
+                            "channel number {number} is above the negotiated channel_max {}",
+                            self.channel_max
+                        ),
                         class_id,
                         method_id,
                     ));
                 }
                 let generation = self.generations.entry(number).or_insert(0);
                 *generation += 1;
-                let chref = ChannelRef { conn: self.id, number, generation: *generation };
+                let chref = ChannelRef {
+                    conn: self.id,
+                    number,
+                    generation: *generation,
+                };
                 self.channels.insert(number, Slot::new(chref));
-                put_method(&mut self.out, number, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})));
+                put_method(
+                    &mut self.out,
+                    number,
+                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                );
                 Ok(())
             }
             // A close-ok for a channel we already forgot, or a stray one: nothing to do.
             (None, AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => Ok(()),
-            (None, _) => Err(hard(CHANNEL_ERROR, format!("expected 'channel.open' on channel {number}"), class_id, method_id)),
+            (None, _) => Err(hard(
+                CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {number}"),
+                class_id,
+                method_id,
+            )),
             (Some((Phase::Open, _)), AMQPClass::Channel(channel::AMQPMethod::Open(_))) => {
-                Err(hard(CHANNEL_ERROR, format!("second 'channel.open' seen on channel {number}"), class_id, method_id))
+                Err(hard(
+                    CHANNEL_ERROR,
+                    format!("second 'channel.open' seen on channel {number}"),
+                    class_id,
+                    method_id,
+                ))
             }
             (Some((Phase::ServerClosing, _)), _) => {
                 // RabbitMQ drops everything but close/close-ok on a channel it is closing.
                 match method {
-                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) | AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))
+                    | AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
                         if matches!(method, AMQPClass::Channel(channel::AMQPMethod::Close(_))) {
-                            put_method(&mut self.out, number, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                            put_method(
+                                &mut self.out,
+                                number,
+                                AMQPClass::Channel(channel::AMQPMethod::CloseOk(
+                                    channel::CloseOk {},
+                                )),
+                            );
                         }
                         let slot = self.channels.remove(&number).expect("slot exists");
                         // Lets the machine forget the errored channel.
@@ -154,12 +232,17 @@ impl Conn {
                 class_id,
                 method_id,
             )),
-            (Some((Phase::Open, false)), _) => self.open_channel_method(number, method, class_id, method_id).await,
+            (Some((Phase::Open, false)), _) => {
+                self.open_channel_method(number, method, class_id, method_id)
+                    .await
+            }
         }
     }
 
     fn slot(&mut self, number: u16) -> &mut Slot {
-        self.channels.get_mut(&number).expect("caller checked the channel is open")
+        self.channels
+            .get_mut(&number)
+            .expect("caller checked the channel is open")
     }
 
     /// An empty queue name means the queue last declared on the channel.
@@ -171,22 +254,39 @@ impl Conn {
         }
     }
 
-    async fn open_channel_method(&mut self, number: u16, method: AMQPClass, class_id: u16, method_id: u16) -> Result<(), Stop> {
+    async fn open_channel_method(
+        &mut self,
+        number: u16,
+        method: AMQPClass,
+        class_id: u16,
+        method_id: u16,
+    ) -> Result<(), Stop> {
         let ch = self.slot(number).chref;
         let command = match method {
             AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
-                tracing::debug!(channel = number, code = close.reply_code, "client closed the channel");
+                tracing::debug!(
+                    channel = number,
+                    code = close.reply_code,
+                    "client closed the channel"
+                );
                 let slot = self.slot(number);
                 slot.phase = Phase::ClientClosing;
                 slot.content = None;
                 Command::ChannelClosed { ch }
             }
             AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => return Ok(()),
-            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => Command::Flow { ch, active: flow.active },
+            AMQPClass::Channel(channel::AMQPMethod::Flow(flow)) => Command::Flow {
+                ch,
+                active: flow.active,
+            },
             // We never send channel.flow, so a flow-ok answers nothing.
             AMQPClass::Channel(channel::AMQPMethod::FlowOk(_)) => return Ok(()),
             AMQPClass::Access(access::AMQPMethod::Request(_)) => {
-                put_method(&mut self.out, number, AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
+                put_method(
+                    &mut self.out,
+                    number,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
                 return Ok(());
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => Command::ExchangeDeclare {
@@ -228,7 +328,17 @@ impl Conn {
                 } else if d.queue.as_str().is_empty() {
                     match self.queue_name(number, "") {
                         Some(q) => (q, false),
-                        None => return self.channel_error(number, NOT_FOUND, "no previously declared queue", class_id, method_id).await,
+                        None => {
+                            return self
+                                .channel_error(
+                                    number,
+                                    NOT_FOUND,
+                                    "no previously declared queue",
+                                    class_id,
+                                    method_id,
+                                )
+                                .await
+                        }
                     }
                 } else {
                     (d.queue.as_str().to_string(), false)
@@ -248,16 +358,43 @@ impl Conn {
             }
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
                 let Some(queue) = self.queue_name(number, b.queue.as_str()) else {
-                    return self.channel_error(number, NOT_FOUND, "no previously declared queue", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            NOT_FOUND,
+                            "no previously declared queue",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 };
                 // Spec: with an empty queue name and routing key, the key is the queue name.
                 let routing_key =
-                    if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() { queue.clone() } else { b.routing_key.as_str().to_string() };
-                Command::QueueBind { ch, queue, exchange: b.exchange.as_str().to_string(), routing_key, nowait: b.nowait, arguments: b.arguments }
+                    if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
+                        queue.clone()
+                    } else {
+                        b.routing_key.as_str().to_string()
+                    };
+                Command::QueueBind {
+                    ch,
+                    queue,
+                    exchange: b.exchange.as_str().to_string(),
+                    routing_key,
+                    nowait: b.nowait,
+                    arguments: b.arguments,
+                }
             }
             AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => {
                 let Some(queue) = self.queue_name(number, b.queue.as_str()) else {
-                    return self.channel_error(number, NOT_FOUND, "no previously declared queue", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            NOT_FOUND,
+                            "no previously declared queue",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 };
                 Command::QueueUnbind {
                     ch,
@@ -269,26 +406,68 @@ impl Conn {
             }
             AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
                 let Some(queue) = self.queue_name(number, p.queue.as_str()) else {
-                    return self.channel_error(number, NOT_FOUND, "no previously declared queue", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            NOT_FOUND,
+                            "no previously declared queue",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 };
-                Command::QueuePurge { ch, queue, nowait: p.nowait }
+                Command::QueuePurge {
+                    ch,
+                    queue,
+                    nowait: p.nowait,
+                }
             }
             AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
                 let Some(queue) = self.queue_name(number, d.queue.as_str()) else {
-                    return self.channel_error(number, NOT_FOUND, "no previously declared queue", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            NOT_FOUND,
+                            "no previously declared queue",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 };
-                Command::QueueDelete { ch, queue, if_unused: d.if_unused, if_empty: d.if_empty, nowait: d.nowait }
+                Command::QueueDelete {
+                    ch,
+                    queue,
+                    if_unused: d.if_unused,
+                    if_empty: d.if_empty,
+                    nowait: d.nowait,
+                }
             }
             AMQPClass::Basic(basic::AMQPMethod::Qos(q)) => {
                 // amq-protocol reads prefetch_size as reserved (RabbitMQ does not implement it).
-                Command::Qos { ch, prefetch_size: 0, prefetch_count: q.prefetch_count, global: q.global }
+                Command::Qos {
+                    ch,
+                    prefetch_size: 0,
+                    prefetch_count: q.prefetch_count,
+                    global: q.global,
+                }
             }
             AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => {
                 let Some(queue) = self.queue_name(number, c.queue.as_str()) else {
-                    return self.channel_error(number, NOT_FOUND, "no previously declared queue", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            NOT_FOUND,
+                            "no previously declared queue",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 };
-                let consumer_tag =
-                    if c.consumer_tag.as_str().is_empty() { self.generated_name("amq.ctag-") } else { c.consumer_tag.as_str().to_string() };
+                let consumer_tag = if c.consumer_tag.as_str().is_empty() {
+                    self.generated_name("amq.ctag-")
+                } else {
+                    c.consumer_tag.as_str().to_string()
+                };
                 Command::Consume {
                     ch,
                     queue,
@@ -300,9 +479,11 @@ impl Conn {
                     arguments: c.arguments,
                 }
             }
-            AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
-                Command::Cancel { ch, consumer_tag: c.consumer_tag.as_str().to_string(), nowait: c.nowait }
-            }
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => Command::Cancel {
+                ch,
+                consumer_tag: c.consumer_tag.as_str().to_string(),
+                nowait: c.nowait,
+            },
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
                 if p.immediate {
                     return Err(hard(NOT_IMPLEMENTED, "immediate=true", class_id, method_id));
@@ -319,70 +500,170 @@ impl Conn {
             }
             AMQPClass::Basic(basic::AMQPMethod::Get(g)) => {
                 let Some(queue) = self.queue_name(number, g.queue.as_str()) else {
-                    return self.channel_error(number, NOT_FOUND, "no previously declared queue", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            NOT_FOUND,
+                            "no previously declared queue",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 };
-                Command::Get { ch, queue, no_ack: g.no_ack }
+                Command::Get {
+                    ch,
+                    queue,
+                    no_ack: g.no_ack,
+                }
             }
             AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => {
-                return self.settle(number, Settle::Ack { delivery_tag: a.delivery_tag, multiple: a.multiple }).await;
+                return self
+                    .settle(
+                        number,
+                        Settle::Ack {
+                            delivery_tag: a.delivery_tag,
+                            multiple: a.multiple,
+                        },
+                    )
+                    .await;
             }
             AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
                 return self
-                    .settle(number, Settle::Nack { delivery_tag: n.delivery_tag, multiple: n.multiple, requeue: n.requeue })
+                    .settle(
+                        number,
+                        Settle::Nack {
+                            delivery_tag: n.delivery_tag,
+                            multiple: n.multiple,
+                            requeue: n.requeue,
+                        },
+                    )
                     .await;
             }
             AMQPClass::Basic(basic::AMQPMethod::Reject(r)) => {
                 return self
-                    .settle(number, Settle::Nack { delivery_tag: r.delivery_tag, multiple: false, requeue: r.requeue })
+                    .settle(
+                        number,
+                        Settle::Nack {
+                            delivery_tag: r.delivery_tag,
+                            multiple: false,
+                            requeue: r.requeue,
+                        },
+                    )
                     .await;
             }
-            AMQPClass::Basic(basic::AMQPMethod::Recover(r)) => Command::Recover { ch, requeue: r.requeue },
+            AMQPClass::Basic(basic::AMQPMethod::Recover(r)) => Command::Recover {
+                ch,
+                requeue: r.requeue,
+            },
             AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(r)) => {
                 self.slot(number).silent_recovers += 1;
-                Command::Recover { ch, requeue: r.requeue }
+                Command::Recover {
+                    ch,
+                    requeue: r.requeue,
+                }
             }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
                 let slot = self.slot(number);
                 if slot.mode == Mode::Tx {
-                    return self.channel_error(number, PRECONDITION_FAILED, "cannot switch from tx to confirm mode", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            PRECONDITION_FAILED,
+                            "cannot switch from tx to confirm mode",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 }
                 slot.mode = Mode::Confirm;
                 if !s.nowait {
-                    put_method(&mut self.out, number, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+                    put_method(
+                        &mut self.out,
+                        number,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
                 }
                 return Ok(());
             }
             AMQPClass::Tx(tx::AMQPMethod::Select(_)) => {
                 let slot = self.slot(number);
                 if slot.mode == Mode::Confirm {
-                    return self.channel_error(number, PRECONDITION_FAILED, "cannot switch from confirm to tx mode", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            PRECONDITION_FAILED,
+                            "cannot switch from confirm to tx mode",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 }
                 slot.mode = Mode::Tx;
-                put_method(&mut self.out, number, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                put_method(
+                    &mut self.out,
+                    number,
+                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                );
                 return Ok(());
             }
             AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => {
                 let slot = self.slot(number);
                 if slot.mode != Mode::Tx {
-                    return self.channel_error(number, PRECONDITION_FAILED, "channel is not transactional", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            PRECONDITION_FAILED,
+                            "channel is not transactional",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 }
-                Command::TxCommit { ch, publishes: std::mem::take(&mut slot.tx_publishes), settles: std::mem::take(&mut slot.tx_settles) }
+                Command::TxCommit {
+                    ch,
+                    publishes: std::mem::take(&mut slot.tx_publishes),
+                    settles: std::mem::take(&mut slot.tx_settles),
+                }
             }
             AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
                 let slot = self.slot(number);
                 if slot.mode != Mode::Tx {
-                    return self.channel_error(number, PRECONDITION_FAILED, "channel is not transactional", class_id, method_id).await;
+                    return self
+                        .channel_error(
+                            number,
+                            PRECONDITION_FAILED,
+                            "channel is not transactional",
+                            class_id,
+                            method_id,
+                        )
+                        .await;
                 }
                 slot.tx_publishes.clear();
                 slot.tx_settles.clear();
-                put_method(&mut self.out, number, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+                put_method(
+                    &mut self.out,
+                    number,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
                 return Ok(());
             }
             AMQPClass::Connection(_) => {
-                return Err(hard(COMMAND_INVALID, "connection method on a non-zero channel", class_id, method_id));
+                return Err(hard(
+                    COMMAND_INVALID,
+                    "connection method on a non-zero channel",
+                    class_id,
+                    method_id,
+                ));
             }
             // Methods only a server sends (deliver, get-ok, declare-ok, ...).
-            _ => return Err(hard(NOT_IMPLEMENTED, "method not expected from a client", class_id, method_id)),
+            _ => {
+                return Err(hard(
+                    NOT_IMPLEMENTED,
+                    "method not expected from a client",
+                    class_id,
+                    method_id,
+                ))
+            }
         };
         self.submit(command).await
     }
@@ -400,12 +681,21 @@ impl Conn {
     async fn content_header(&mut self, frame: RawFrame) -> Result<(), Stop> {
         let number = frame.channel;
         let expecting = match self.channels.get(&number) {
-            Some(slot) if slot.phase == Phase::ServerClosing || slot.phase == Phase::ClientClosing => return Ok(()),
+            Some(slot)
+                if slot.phase == Phase::ServerClosing || slot.phase == Phase::ClientClosing =>
+            {
+                return Ok(())
+            }
             Some(slot) => matches!(&slot.content, Some(p) if p.header.is_none()),
             None => false,
         };
         if !expecting {
-            return Err(hard(UNEXPECTED_FRAME, "expected method frame, got non method frame instead", 0, 0));
+            return Err(hard(
+                UNEXPECTED_FRAME,
+                "expected method frame, got non method frame instead",
+                0,
+                0,
+            ));
         }
         let header = match ContentHeader::parse(&frame.payload) {
             Ok(h) => h,
@@ -414,7 +704,10 @@ impl Conn {
         if header.class_id != 60 {
             return Err(hard(
                 UNEXPECTED_FRAME,
-                format!("expected content header for class 60, got one for class {} instead", header.class_id),
+                format!(
+                    "expected content header for class 60, got one for class {} instead",
+                    header.class_id
+                ),
                 60,
                 40,
             ));
@@ -422,7 +715,16 @@ impl Conn {
         let max = self.broker.config.max_message_size;
         if header.body_size > max {
             return self
-                .channel_error(number, PRECONDITION_FAILED, format!("message size {} is larger than configured max size {}", header.body_size, max), 60, 40)
+                .channel_error(
+                    number,
+                    PRECONDITION_FAILED,
+                    format!(
+                        "message size {} is larger than configured max size {}",
+                        header.body_size, max
+                    ),
+                    60,
+                    40,
+                )
                 .await;
         }
         let props = match decode_properties(&header.properties) {
@@ -431,8 +733,14 @@ impl Conn {
         };
         if let Some(user_id) = props.user_id() {
             if user_id.as_str() != self.user {
-                let detail = format!("user_id property set to '{}' but authenticated user was '{}'", user_id.as_str(), self.user);
-                return self.channel_error(number, PRECONDITION_FAILED, detail, 60, 40).await;
+                let detail = format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    user_id.as_str(),
+                    self.user
+                );
+                return self
+                    .channel_error(number, PRECONDITION_FAILED, detail, 60, 40)
+                    .await;
             }
         }
         let expiration_ms = match props.expiration() {
@@ -440,7 +748,15 @@ impl Conn {
             Some(e) => match parse_expiration(e.as_str()) {
                 Some(ms) => Some(ms),
                 None => {
-                    return self.channel_error(number, PRECONDITION_FAILED, format!("invalid expiration '{}'", e.as_str()), 60, 40).await;
+                    return self
+                        .channel_error(
+                            number,
+                            PRECONDITION_FAILED,
+                            format!("invalid expiration '{}'", e.as_str()),
+                            60,
+                            40,
+                        )
+                        .await;
                 }
             },
         };
@@ -465,15 +781,32 @@ impl Conn {
         let slot = match self.channels.get_mut(&number) {
             Some(slot) if slot.phase != Phase::Open => return Ok(()),
             Some(slot) => slot,
-            None => return Err(hard(UNEXPECTED_FRAME, "expected method frame, got non method frame instead", 0, 0)),
+            None => {
+                return Err(hard(
+                    UNEXPECTED_FRAME,
+                    "expected method frame, got non method frame instead",
+                    0,
+                    0,
+                ))
+            }
         };
         let Some(content) = slot.content.as_mut().filter(|c| c.header.is_some()) else {
-            return Err(hard(UNEXPECTED_FRAME, "expected method frame, got non method frame instead", 0, 0));
+            return Err(hard(
+                UNEXPECTED_FRAME,
+                "expected method frame, got non method frame instead",
+                0,
+                0,
+            ));
         };
         let body_size = content.header.as_ref().expect("filtered").body_size;
         let len = frame.payload.len() as u64;
         if content.received + len > body_size {
-            return Err(hard(FRAME_ERROR, "content body frame exceeds remaining content size", 60, 40));
+            return Err(hard(
+                FRAME_ERROR,
+                "content body frame exceeds remaining content size",
+                60,
+                40,
+            ));
         }
         content.received += len;
         if len > 0 {
@@ -518,7 +851,14 @@ impl Conn {
     }
 }
 
-pub(crate) fn put_channel_close(out: &mut bytes::BytesMut, number: u16, code: u16, text: &str, class_id: u16, method_id: u16) {
+pub(crate) fn put_channel_close(
+    out: &mut bytes::BytesMut,
+    number: u16,
+    code: u16,
+    text: &str,
+    class_id: u16,
+    method_id: u16,
+) {
     put_method(
         out,
         number,

@@ -51,7 +51,12 @@ pub struct HardError {
 
 impl HardError {
     pub fn new(code: u16, text: String, class_id: u16, method_id: u16) -> HardError {
-        HardError { code, text, class_id, method_id }
+        HardError {
+            code,
+            text,
+            class_id,
+            method_id,
+        }
     }
 }
 
@@ -71,12 +76,16 @@ pub(crate) enum Stop {
 }
 
 pub(crate) fn put_connection_close(out: &mut BytesMut, err: &HardError) {
-    put_method(out, 0, AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-        reply_code: err.code,
-        reply_text: truncate_short(&err.text).into(),
-        class_id: err.class_id,
-        method_id: err.method_id,
-    })));
+    put_method(
+        out,
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: err.code,
+            reply_text: truncate_short(&err.text).into(),
+            class_id: err.class_id,
+            method_id: err.method_id,
+        })),
+    );
 }
 
 /// Short strings hold at most 255 bytes; cut texts on a char boundary.
@@ -206,7 +215,13 @@ pub(crate) struct Conn {
 }
 
 /// Serves one socket from the protocol header to the end.
-pub async fn run(socket: TcpStream, peer: SocketAddr, id: ConnId, broker: Arc<Broker>, stop: watch::Receiver<bool>) {
+pub async fn run(
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: ConnId,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+) {
     let (mut rd, mut wr) = socket.into_split();
     let mut rbuf = BytesMut::with_capacity(64 * 1024);
     let handshake = handshake::negotiate(&mut rd, &mut wr, &mut rbuf, &broker, peer);
@@ -222,7 +237,8 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: ConnId, broker: Arc<Br
         Ok(Ok(n)) => n,
     };
     let mailbox = broker.dispatcher.register(id);
-    let seed = (id.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ now_nanos() ^ (peer.port() as u64) << 32;
+    let seed =
+        (id.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ now_nanos() ^ (peer.port() as u64) << 32;
     let mut conn = Conn {
         id,
         broker: broker.clone(),
@@ -246,12 +262,18 @@ pub async fn run(socket: TcpStream, peer: SocketAddr, id: ConnId, broker: Arc<Br
     }
     // Whatever ended the connection, the machine must release what it held: requeue its
     // unacknowledged deliveries, cancel its consumers, drop its exclusive queues.
-    let _ = broker.proposer.submit(Command::ConnectionClosed { conn: id }).await;
+    let _ = broker
+        .proposer
+        .submit(Command::ConnectionClosed { conn: id })
+        .await;
     let _ = wr.shutdown().await;
 }
 
 fn now_nanos() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 impl Conn {
@@ -272,7 +294,11 @@ impl Conn {
     }
 
     pub(crate) async fn submit(&self, command: Command) -> Result<(), Stop> {
-        self.broker.proposer.submit(command).await.map_err(|_| Stop::LogClosed)
+        self.broker
+            .proposer
+            .submit(command)
+            .await
+            .map_err(|_| Stop::LogClosed)
     }
 
     fn begin_close(&mut self, err: &HardError) {
@@ -292,7 +318,11 @@ impl Conn {
         mut stop: watch::Receiver<bool>,
     ) -> Stop {
         let heartbeat = Duration::from_secs(self.heartbeat_s as u64);
-        let tick = if self.heartbeat_s > 0 { (heartbeat / 2).min(Duration::from_millis(500)) } else { Duration::from_millis(500) };
+        let tick = if self.heartbeat_s > 0 {
+            (heartbeat / 2).min(Duration::from_millis(500))
+        } else {
+            Duration::from_millis(500)
+        };
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_read = Instant::now();
@@ -389,7 +419,12 @@ impl Conn {
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     // Once framing is lost nothing after it can be read: close, then hang up.
-                    return Err(Stop::Fatal(HardError::new(FRAME_ERROR, reply_code::text(FRAME_ERROR, e), 0, 0)));
+                    return Err(Stop::Fatal(HardError::new(
+                        FRAME_ERROR,
+                        reply_code::text(FRAME_ERROR, e),
+                        0,
+                        0,
+                    )));
                 }
             }
         }
@@ -399,7 +434,10 @@ impl Conn {
 fn shutdown_error() -> HardError {
     HardError::new(
         CONNECTION_FORCED,
-        reply_code::text(CONNECTION_FORCED, "broker forced connection closure with reason 'shutdown'"),
+        reply_code::text(
+            CONNECTION_FORCED,
+            "broker forced connection closure with reason 'shutdown'",
+        ),
         0,
         0,
     )

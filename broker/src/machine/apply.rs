@@ -28,7 +28,11 @@ pub(crate) struct Fail {
 }
 
 fn fail(code: u16, detail: impl std::fmt::Display) -> Fail {
-    Fail { code, text: reply_code::text(code, detail), blame: None }
+    Fail {
+        code,
+        text: reply_code::text(code, detail),
+        blame: None,
+    }
 }
 
 fn no_queue(name: &str) -> Fail {
@@ -40,7 +44,10 @@ fn no_exchange(name: &str) -> Fail {
 }
 
 fn default_exchange() -> Fail {
-    fail(ACCESS_REFUSED, "operation not permitted on the default exchange")
+    fail(
+        ACCESS_REFUSED,
+        "operation not permitted on the default exchange",
+    )
 }
 
 fn locked(name: &str) -> Fail {
@@ -88,7 +95,6 @@ pub fn class_method(cmd: &Command) -> (u16, u16) {
     }
 }
 
-
 fn reply(cx: &mut Ctx, ch: ChannelRef, nowait: bool, reply: Reply) {
     if !nowait {
         cx.fx.push(Effect::Reply { ch, reply });
@@ -109,12 +115,19 @@ impl State {
             }
         }
         match cmd {
-            Command::NodeStarted { node, epoch, drop_transient } => self.node_started(*node, *epoch, *drop_transient, cx),
+            Command::NodeStarted {
+                node,
+                epoch,
+                drop_transient,
+            } => self.node_started(*node, *epoch, *drop_transient, cx),
             Command::ConnectionClosed { conn } => self.close_connection(*conn, cx),
             Command::ChannelClosed { ch } => {
                 self.errored_channels.remove(ch);
                 self.close_channel(*ch, cx);
-                cx.fx.push(Effect::Reply { ch: *ch, reply: Reply::ChannelCloseOk });
+                cx.fx.push(Effect::Reply {
+                    ch: *ch,
+                    reply: Reply::ChannelCloseOk,
+                });
             }
             _ => {
                 let ch = cmd.channel().expect("a channel command");
@@ -133,11 +146,23 @@ impl State {
     fn fail(&mut self, ch: ChannelRef, cmd: &Command, f: Fail, cx: &mut Ctx) {
         let (class_id, method_id) = f.blame.unwrap_or_else(|| class_method(cmd));
         if reply_code::is_hard(f.code) {
-            cx.fx.push(Effect::ConnectionError { conn: ch.conn, reply_code: f.code, reply_text: f.text, class_id, method_id });
+            cx.fx.push(Effect::ConnectionError {
+                conn: ch.conn,
+                reply_code: f.code,
+                reply_text: f.text,
+                class_id,
+                method_id,
+            });
             self.close_connection(ch.conn, cx);
             self.errored_conns.insert(ch.conn);
         } else {
-            cx.fx.push(Effect::ChannelError { ch, reply_code: f.code, reply_text: f.text, class_id, method_id });
+            cx.fx.push(Effect::ChannelError {
+                ch,
+                reply_code: f.code,
+                reply_text: f.text,
+                class_id,
+                method_id,
+            });
             self.close_channel(ch, cx);
             self.errored_channels.insert(ch);
         }
@@ -145,11 +170,26 @@ impl State {
 
     fn dispatch(&mut self, ch: ChannelRef, cmd: &Command, cx: &mut Ctx) -> Result<(), Fail> {
         match cmd {
-            Command::NodeStarted { .. } | Command::ConnectionClosed { .. } | Command::ChannelClosed { .. } => Ok(()),
-            Command::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments, .. } => {
+            Command::NodeStarted { .. }
+            | Command::ConnectionClosed { .. }
+            | Command::ChannelClosed { .. } => Ok(()),
+            Command::ExchangeDeclare {
+                exchange,
+                kind,
+                passive,
+                durable,
+                auto_delete,
+                internal,
+                nowait,
+                arguments,
+                ..
+            } => {
                 if !*passive {
                     let Some(kind) = ExchangeKind::parse(kind) else {
-                        return Err(fail(COMMAND_INVALID, format!("invalid exchange type '{kind}'")));
+                        return Err(fail(
+                            COMMAND_INVALID,
+                            format!("invalid exchange type '{kind}'"),
+                        ));
                     };
                     if exchange.is_empty() {
                         return Err(default_exchange());
@@ -162,7 +202,14 @@ impl State {
                             if exchange.starts_with("amq.") {
                                 return Err(fail(ACCESS_REFUSED, format!("exchange name '{exchange}' contains reserved prefix 'amq.*'")));
                             }
-                            let x = Exchange::new(exchange, kind, *durable, *auto_delete, *internal, arguments.clone());
+                            let x = Exchange::new(
+                                exchange,
+                                kind,
+                                *durable,
+                                *auto_delete,
+                                *internal,
+                                arguments.clone(),
+                            );
                             self.exchanges.insert(exchange.clone(), x);
                         }
                     }
@@ -177,48 +224,127 @@ impl State {
                 reply(cx, ch, *nowait, Reply::ExchangeDeclareOk);
                 Ok(())
             }
-            Command::ExchangeDelete { exchange, if_unused, nowait, .. } => {
+            Command::ExchangeDelete {
+                exchange,
+                if_unused,
+                nowait,
+                ..
+            } => {
                 if exchange.is_empty() {
                     return Err(default_exchange());
                 }
                 if exchange.starts_with("amq.") {
-                    return Err(fail(ACCESS_REFUSED, format!("deletion of system exchange '{exchange}' in vhost '/' not allowed")));
+                    return Err(fail(
+                        ACCESS_REFUSED,
+                        format!(
+                            "deletion of system exchange '{exchange}' in vhost '/' not allowed"
+                        ),
+                    ));
                 }
                 if let Some(x) = self.exchanges.get(exchange) {
                     if *if_unused && x.binding_count > 0 {
-                        return Err(fail(PRECONDITION_FAILED, format!("exchange '{exchange}' in vhost '/' in use")));
+                        return Err(fail(
+                            PRECONDITION_FAILED,
+                            format!("exchange '{exchange}' in vhost '/' in use"),
+                        ));
                     }
                     self.delete_exchange(exchange);
                 }
                 reply(cx, ch, *nowait, Reply::ExchangeDeleteOk);
                 Ok(())
             }
-            Command::ExchangeBind { destination, source, routing_key, nowait, arguments, .. } => {
+            Command::ExchangeBind {
+                destination,
+                source,
+                routing_key,
+                nowait,
+                arguments,
+                ..
+            } => {
                 self.check_exchange_binding(source, destination)?;
                 self.check_binding_arguments(source, arguments)?;
-                self.bind(source, routing_key, Destination::Exchange(destination.clone()), arguments);
+                self.bind(
+                    source,
+                    routing_key,
+                    Destination::Exchange(destination.clone()),
+                    arguments,
+                );
                 reply(cx, ch, *nowait, Reply::ExchangeBindOk);
                 Ok(())
             }
-            Command::ExchangeUnbind { destination, source, routing_key, nowait, arguments, .. } => {
+            Command::ExchangeUnbind {
+                destination,
+                source,
+                routing_key,
+                nowait,
+                arguments,
+                ..
+            } => {
                 self.check_exchange_binding(source, destination)?;
-                self.unbind(source, routing_key, Destination::Exchange(destination.clone()), arguments);
+                self.unbind(
+                    source,
+                    routing_key,
+                    Destination::Exchange(destination.clone()),
+                    arguments,
+                );
                 reply(cx, ch, *nowait, Reply::ExchangeUnbindOk);
                 Ok(())
             }
-            Command::QueueDeclare { queue, server_named, passive, durable, exclusive, auto_delete, nowait, arguments, .. } => {
-                self.queue_declare(ch, queue, *server_named, *passive, *durable, *exclusive, *auto_delete, *nowait, arguments, cx)
-            }
-            Command::QueueBind { queue, exchange, routing_key, nowait, arguments, .. } => {
+            Command::QueueDeclare {
+                queue,
+                server_named,
+                passive,
+                durable,
+                exclusive,
+                auto_delete,
+                nowait,
+                arguments,
+                ..
+            } => self.queue_declare(
+                ch,
+                queue,
+                *server_named,
+                *passive,
+                *durable,
+                *exclusive,
+                *auto_delete,
+                *nowait,
+                arguments,
+                cx,
+            ),
+            Command::QueueBind {
+                queue,
+                exchange,
+                routing_key,
+                nowait,
+                arguments,
+                ..
+            } => {
                 self.check_queue_binding(ch, exchange, queue)?;
                 self.check_binding_arguments(exchange, arguments)?;
-                self.bind(exchange, routing_key, Destination::Queue(queue.clone()), arguments);
+                self.bind(
+                    exchange,
+                    routing_key,
+                    Destination::Queue(queue.clone()),
+                    arguments,
+                );
                 reply(cx, ch, *nowait, Reply::QueueBindOk);
                 Ok(())
             }
-            Command::QueueUnbind { queue, exchange, routing_key, arguments, .. } => {
+            Command::QueueUnbind {
+                queue,
+                exchange,
+                routing_key,
+                arguments,
+                ..
+            } => {
                 self.check_queue_binding(ch, exchange, queue)?;
-                self.unbind(exchange, routing_key, Destination::Queue(queue.clone()), arguments);
+                self.unbind(
+                    exchange,
+                    routing_key,
+                    Destination::Queue(queue.clone()),
+                    arguments,
+                );
                 reply(cx, ch, false, Reply::QueueUnbindOk);
                 Ok(())
             }
@@ -233,7 +359,13 @@ impl State {
                 reply(cx, ch, *nowait, Reply::QueuePurgeOk { message_count });
                 Ok(())
             }
-            Command::QueueDelete { queue, if_unused, if_empty, nowait, .. } => {
+            Command::QueueDelete {
+                queue,
+                if_unused,
+                if_empty,
+                nowait,
+                ..
+            } => {
                 let Some(&qid) = self.queue_by_name.get(queue) else {
                     // RabbitMQ 3.x: deleting a queue that does not exist succeeds.
                     reply(cx, ch, *nowait, Reply::QueueDeleteOk { message_count: 0 });
@@ -242,19 +374,33 @@ impl State {
                 self.usable_queue(ch, queue)?;
                 let q = &self.queues[&qid];
                 if *if_unused && !q.consumers.is_empty() {
-                    return Err(fail(PRECONDITION_FAILED, format!("queue '{queue}' in vhost '/' in use")));
+                    return Err(fail(
+                        PRECONDITION_FAILED,
+                        format!("queue '{queue}' in vhost '/' in use"),
+                    ));
                 }
                 if *if_empty && !q.ready.is_empty() {
-                    return Err(fail(PRECONDITION_FAILED, format!("queue '{queue}' in vhost '/' is not empty")));
+                    return Err(fail(
+                        PRECONDITION_FAILED,
+                        format!("queue '{queue}' in vhost '/' is not empty"),
+                    ));
                 }
                 let message_count = self.delete_queue(qid, cx);
                 reply(cx, ch, *nowait, Reply::QueueDeleteOk { message_count });
                 Ok(())
             }
-            Command::Qos { prefetch_size, prefetch_count, global, .. } => {
+            Command::Qos {
+                prefetch_size,
+                prefetch_count,
+                global,
+                ..
+            } => {
                 if *prefetch_size != 0 {
                     // RabbitMQ does not implement prefetch by size.
-                    return Err(fail(NOT_IMPLEMENTED, format!("prefetch_size!=0 ({prefetch_size})")));
+                    return Err(fail(
+                        NOT_IMPLEMENTED,
+                        format!("prefetch_size!=0 ({prefetch_size})"),
+                    ));
                 }
                 let chan = self.channels.get_mut(&ch).expect("created");
                 if *global {
@@ -266,13 +412,31 @@ impl State {
                 reply(cx, ch, false, Reply::QosOk);
                 Ok(())
             }
-            Command::Consume { queue, consumer_tag, no_ack, exclusive, nowait, .. } => {
+            Command::Consume {
+                queue,
+                consumer_tag,
+                no_ack,
+                exclusive,
+                nowait,
+                ..
+            } => {
                 // no_local is accepted and ignored, as RabbitMQ does.
                 self.consume(ch, queue, consumer_tag, *no_ack, *exclusive, *nowait, cx)
             }
-            Command::Cancel { consumer_tag, nowait, .. } => {
+            Command::Cancel {
+                consumer_tag,
+                nowait,
+                ..
+            } => {
                 // Cancelling an unknown tag is not an error (AMQP 0-9-1 basic.cancel).
-                reply(cx, ch, *nowait, Reply::CancelOk { consumer_tag: consumer_tag.clone() });
+                reply(
+                    cx,
+                    ch,
+                    *nowait,
+                    Reply::CancelOk {
+                        consumer_tag: consumer_tag.clone(),
+                    },
+                );
                 let chan = self.channels.get_mut(&ch).expect("created");
                 if let Some(cid) = chan.consumers.remove(consumer_tag) {
                     self.remove_consumer(cid, cx);
@@ -305,10 +469,15 @@ impl State {
                 }
                 Ok(())
             }
-            Command::TxCommit { publishes, settles, .. } => {
+            Command::TxCommit {
+                publishes, settles, ..
+            } => {
                 // Check all, then apply all: a failing transaction changes nothing.
                 for p in publishes {
-                    self.check_publish(p).map_err(|f| Fail { blame: Some(PUBLISH), ..f })?;
+                    self.check_publish(p).map_err(|f| Fail {
+                        blame: Some(PUBLISH),
+                        ..f
+                    })?;
                 }
                 self.check_settles(ch, settles)?;
                 for p in publishes {
@@ -338,18 +507,28 @@ impl State {
 
     /// A headers exchange validates x-match when a binding is made (RabbitMQ's
     /// `rabbit_exchange_type_headers:validate_binding`).
-    fn check_binding_arguments(&self, source: &str, arguments: &amq_protocol::types::FieldTable) -> Result<(), Fail> {
+    fn check_binding_arguments(
+        &self,
+        source: &str,
+        arguments: &amq_protocol::types::FieldTable,
+    ) -> Result<(), Fail> {
         if self.exchanges[source].kind != ExchangeKind::Headers {
             return Ok(());
         }
         let valid = match arguments.inner().get("x-match") {
             None => true,
-            Some(v) => matches!(super::queue::str_value(v).as_deref(), Some("all" | "any" | "all-with-x" | "any-with-x")),
+            Some(v) => matches!(
+                super::queue::str_value(v).as_deref(),
+                Some("all" | "any" | "all-with-x" | "any-with-x")
+            ),
         };
         if valid {
             Ok(())
         } else {
-            Err(fail(PRECONDITION_FAILED, "Invalid x-match field value; expected all, any, all-with-x, or any-with-x"))
+            Err(fail(
+                PRECONDITION_FAILED,
+                "Invalid x-match field value; expected all, any, all-with-x, or any-with-x",
+            ))
         }
     }
 
@@ -388,7 +567,10 @@ impl State {
         cx: &mut Ctx,
     ) -> Result<(), Fail> {
         if !passive && !server_named && name.starts_with("amq.") {
-            return Err(fail(ACCESS_REFUSED, format!("queue name '{name}' contains reserved prefix 'amq.*'")));
+            return Err(fail(
+                ACCESS_REFUSED,
+                format!("queue name '{name}' contains reserved prefix 'amq.*'"),
+            ));
         }
         let now = self.now_ms;
         if self.queue_by_name.contains_key(name) {
@@ -400,7 +582,10 @@ impl State {
                 if exclusive != q.exclusive_owner.is_some() {
                     return Err(locked(name));
                 }
-                for (arg, received, current) in [("durable", durable, q.durable), ("auto_delete", auto_delete, q.auto_delete)] {
+                for (arg, received, current) in [
+                    ("durable", durable, q.durable),
+                    ("auto_delete", auto_delete, q.auto_delete),
+                ] {
                     if received != current {
                         return Err(fail(
                             PRECONDITION_FAILED,
@@ -408,11 +593,16 @@ impl State {
                         ));
                     }
                 }
-                check_args_equivalent(name, &q.arguments, arguments).map_err(|d| fail(PRECONDITION_FAILED, d))?;
+                check_args_equivalent(name, &q.arguments, arguments)
+                    .map_err(|d| fail(PRECONDITION_FAILED, d))?;
             }
             let q = self.queues.get_mut(&qid).expect("exists");
             q.last_used_ms = now;
-            let reply_ = Reply::QueueDeclareOk { queue: name.to_owned(), message_count: q.message_count(), consumer_count: q.consumer_count() };
+            let reply_ = Reply::QueueDeclareOk {
+                queue: name.to_owned(),
+                message_count: q.message_count(),
+                consumer_count: q.consumer_count(),
+            };
             reply(cx, ch, nowait, reply_);
             return Ok(());
         }
@@ -421,9 +611,16 @@ impl State {
         }
         let args = QueueArgs::parse(name, arguments).map_err(|d| fail(PRECONDITION_FAILED, d))?;
         if args.quorum {
-            for (bad, property) in [(exclusive, "exclusive"), (!durable, "non-durable"), (auto_delete, "auto-delete")] {
+            for (bad, property) in [
+                (exclusive, "exclusive"),
+                (!durable, "non-durable"),
+                (auto_delete, "auto-delete"),
+            ] {
                 if bad {
-                    return Err(fail(PRECONDITION_FAILED, format!("invalid property '{property}' for queue '{name}' in vhost '/'")));
+                    return Err(fail(
+                        PRECONDITION_FAILED,
+                        format!("invalid property '{property}' for queue '{name}' in vhost '/'"),
+                    ));
                 }
             }
         }
@@ -456,26 +653,61 @@ impl State {
         };
         self.queues.insert(id, q);
         self.queue_by_name.insert(name.to_owned(), id);
-        reply(cx, ch, nowait, Reply::QueueDeclareOk { queue: name.to_owned(), message_count: 0, consumer_count: 0 });
+        reply(
+            cx,
+            ch,
+            nowait,
+            Reply::QueueDeclareOk {
+                queue: name.to_owned(),
+                message_count: 0,
+                consumer_count: 0,
+            },
+        );
         Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn consume(&mut self, ch: ChannelRef, queue: &str, tag: &str, no_ack: bool, exclusive: bool, nowait: bool, cx: &mut Ctx) -> Result<(), Fail> {
+    fn consume(
+        &mut self,
+        ch: ChannelRef,
+        queue: &str,
+        tag: &str,
+        no_ack: bool,
+        exclusive: bool,
+        nowait: bool,
+        cx: &mut Ctx,
+    ) -> Result<(), Fail> {
         if self.channels[&ch].consumers.contains_key(tag) {
-            return Err(fail(NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
+            return Err(fail(
+                NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{tag}'"),
+            ));
         }
         let qid = self.usable_queue(ch, queue)?;
         let q = &self.queues[&qid];
         if q.exclusive_consumer.is_some() || (exclusive && !q.consumers.is_empty()) {
-            return Err(fail(ACCESS_REFUSED, format!("queue '{queue}' in vhost '/' in exclusive use")));
+            return Err(fail(
+                ACCESS_REFUSED,
+                format!("queue '{queue}' in vhost '/' in exclusive use"),
+            ));
         }
         self.next_consumer_id += 1;
         let cid = self.next_consumer_id;
         let chan = self.channels.get_mut(&ch).expect("created");
         chan.consumers.insert(tag.to_owned(), cid);
         let prefetch = chan.consumer_prefetch;
-        self.consumers.insert(cid, Consumer { ch, tag: tag.to_owned(), queue_id: qid, no_ack, exclusive, prefetch, unacked: 0 });
+        self.consumers.insert(
+            cid,
+            Consumer {
+                ch,
+                tag: tag.to_owned(),
+                queue_id: qid,
+                no_ack,
+                exclusive,
+                prefetch,
+                unacked: 0,
+            },
+        );
         let q = self.queues.get_mut(&qid).expect("exists");
         q.consumers.push_back(cid);
         q.had_consumer = true;
@@ -484,15 +716,31 @@ impl State {
             q.exclusive_consumer = Some(cid);
         }
         // consume-ok goes out before the first delivery (drained after this command).
-        reply(cx, ch, nowait, Reply::ConsumeOk { consumer_tag: tag.to_owned() });
+        reply(
+            cx,
+            ch,
+            nowait,
+            Reply::ConsumeOk {
+                consumer_tag: tag.to_owned(),
+            },
+        );
         cx.dirty.insert(qid);
         Ok(())
     }
 
     fn check_publish(&self, p: &Publish) -> Result<(), Fail> {
-        let x = self.exchanges.get(&p.exchange).ok_or_else(|| no_exchange(&p.exchange))?;
+        let x = self
+            .exchanges
+            .get(&p.exchange)
+            .ok_or_else(|| no_exchange(&p.exchange))?;
         if x.internal {
-            return Err(fail(ACCESS_REFUSED, format!("cannot publish to internal exchange '{}' in vhost '/'", p.exchange)));
+            return Err(fail(
+                ACCESS_REFUSED,
+                format!(
+                    "cannot publish to internal exchange '{}' in vhost '/'",
+                    p.exchange
+                ),
+            ));
         }
         Ok(())
     }
@@ -509,7 +757,12 @@ impl State {
                 properties: m.properties.clone(),
                 body: m.body.clone(),
             };
-            cx.fx.push(Effect::Return { ch, reply_code: NO_ROUTE, reply_text: reply_code::name(NO_ROUTE).to_owned(), message });
+            cx.fx.push(Effect::Return {
+                ch,
+                reply_code: NO_ROUTE,
+                reply_text: reply_code::name(NO_ROUTE).to_owned(),
+                message,
+            });
         }
         let mut accepted = true;
         for qid in targets {
@@ -525,7 +778,11 @@ impl State {
             accepted &= self.enqueue(qid, incoming, cx);
         }
         if let Some(seq) = p.confirm_seq {
-            cx.fx.push(Effect::Confirm { ch, seq, ack: accepted });
+            cx.fx.push(Effect::Confirm {
+                ch,
+                seq,
+                ack: accepted,
+            });
         }
     }
 
@@ -535,7 +792,10 @@ impl State {
         self.expire_head(qid, cx);
         let q = self.queues.get_mut(&qid).expect("exists");
         let Some((key, msg)) = q.pop_head() else {
-            cx.fx.push(Effect::Reply { ch, reply: Reply::GetEmpty });
+            cx.fx.push(Effect::Reply {
+                ch,
+                reply: Reply::GetEmpty,
+            });
             return Ok(());
         };
         let message_count = q.ready.len() as u32;
@@ -547,12 +807,26 @@ impl State {
             properties: msg.properties.clone(),
             body: msg.body.clone(),
         };
-        cx.fx.push(Effect::GetOk { ch, delivery_tag, redelivered: msg.redelivered, message_count, message });
+        cx.fx.push(Effect::GetOk {
+            ch,
+            delivery_tag,
+            redelivered: msg.redelivered,
+            message_count,
+            message,
+        });
         if no_ack {
             self.stats.removed += 1;
         } else {
             q.unacked_count += 1;
-            chan.unacked.insert(delivery_tag, super::channel::Unacked { queue_id: qid, key, message: msg, consumer: None });
+            chan.unacked.insert(
+                delivery_tag,
+                super::channel::Unacked {
+                    queue_id: qid,
+                    key,
+                    message: msg,
+                    consumer: None,
+                },
+            );
         }
         Ok(())
     }
@@ -567,7 +841,10 @@ impl State {
             if (multiple && tag == 0) || chan.unacked.contains_key(&tag) {
                 return Ok(());
             }
-            return Err(Fail { blame: Some(settle_method(s)), ..fail(PRECONDITION_FAILED, format!("unknown delivery tag {tag}")) });
+            return Err(Fail {
+                blame: Some(settle_method(s)),
+                ..fail(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))
+            });
         }
         let mut outstanding: BTreeSet<u64> = chan.unacked.keys().copied().collect();
         for s in settles {
@@ -577,7 +854,10 @@ impl State {
                 continue;
             }
             if !outstanding.contains(&tag) {
-                return Err(Fail { blame: Some(settle_method(s)), ..fail(PRECONDITION_FAILED, format!("unknown delivery tag {tag}")) });
+                return Err(Fail {
+                    blame: Some(settle_method(s)),
+                    ..fail(PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))
+                });
             }
             if multiple {
                 outstanding = outstanding.split_off(&(tag + 1));
@@ -598,8 +878,14 @@ impl State {
         };
         let chan = self.channels.get_mut(&ch).expect("created");
         let taken: Vec<_> = if multiple {
-            let rest = if tag == 0 { BTreeMap::new() } else { chan.unacked.split_off(&(tag + 1)) };
-            std::mem::replace(&mut chan.unacked, rest).into_values().collect()
+            let rest = if tag == 0 {
+                BTreeMap::new()
+            } else {
+                chan.unacked.split_off(&(tag + 1))
+            };
+            std::mem::replace(&mut chan.unacked, rest)
+                .into_values()
+                .collect()
         } else {
             chan.unacked.remove(&tag).into_iter().collect()
         };
@@ -628,11 +914,21 @@ impl State {
         if !drop_transient {
             return;
         }
-        let transient_queues: Vec<u64> = self.queues.values().filter(|q| !q.durable).map(|q| q.id).collect();
+        let transient_queues: Vec<u64> = self
+            .queues
+            .values()
+            .filter(|q| !q.durable)
+            .map(|q| q.id)
+            .collect();
         for qid in transient_queues {
             self.delete_queue(qid, cx);
         }
-        let transient_exchanges: Vec<String> = self.exchanges.values().filter(|x| !x.durable).map(|x| x.name.clone()).collect();
+        let transient_exchanges: Vec<String> = self
+            .exchanges
+            .values()
+            .filter(|x| !x.durable)
+            .map(|x| x.name.clone())
+            .collect();
         for name in transient_exchanges {
             self.delete_exchange(&name);
         }
@@ -646,7 +942,15 @@ impl Settle {
     /// (delivery_tag, multiple)
     pub fn tag(&self) -> (u64, bool) {
         match *self {
-            Settle::Ack { delivery_tag, multiple } | Settle::Nack { delivery_tag, multiple, .. } => (delivery_tag, multiple),
+            Settle::Ack {
+                delivery_tag,
+                multiple,
+            }
+            | Settle::Nack {
+                delivery_tag,
+                multiple,
+                ..
+            } => (delivery_tag, multiple),
         }
     }
 }

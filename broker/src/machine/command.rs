@@ -26,7 +26,9 @@ pub struct Entry {
 pub enum EntryDecodeError {
     #[error("empty log entry")]
     Empty,
-    #[error("log entry format version {0} is not supported (this build reads {ENTRY_FORMAT_VERSION})")]
+    #[error(
+        "log entry format version {0} is not supported (this build reads {ENTRY_FORMAT_VERSION})"
+    )]
     Version(u8),
     #[error("corrupt log entry: {0}")]
     Corrupt(#[from] postcard::Error),
@@ -79,9 +81,16 @@ pub struct Publish {
 /// An acknowledgement of deliveries on a channel (basic.ack / basic.nack / basic.reject).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Settle {
-    Ack { delivery_tag: u64, multiple: bool },
+    Ack {
+        delivery_tag: u64,
+        multiple: bool,
+    },
     /// basic.reject is `Nack { multiple: false }`.
-    Nack { delivery_tag: u64, multiple: bool, requeue: bool },
+    Nack {
+        delivery_tag: u64,
+        multiple: bool,
+        requeue: bool,
+    },
 }
 
 /// Everything that changes the broker's replicated state.
@@ -90,15 +99,23 @@ pub enum Command {
     /// A node (re)started with a new epoch: every connection of an earlier epoch of that node
     /// is gone (as if `ConnectionClosed`). With `drop_transient` (a standalone restart, as a
     /// RabbitMQ node restart) non-durable exchanges and queues and transient messages go too.
-    NodeStarted { node: NodeId, epoch: u64, drop_transient: bool },
+    NodeStarted {
+        node: NodeId,
+        epoch: u64,
+        drop_transient: bool,
+    },
     /// The connection is gone (closed, failed, or its node died): cancel its consumers,
     /// requeue its unacknowledged deliveries, delete its exclusive queues.
-    ConnectionClosed { conn: ConnId },
+    ConnectionClosed {
+        conn: ConnId,
+    },
     /// The channel is closed (by the client's channel.close, or by an error the connection
     /// found itself): same clean-up as for a connection, for one channel. Answered with
     /// `Reply::ChannelCloseOk` so the connection sends channel.close-ok only after every
     /// earlier effect for the channel.
-    ChannelClosed { ch: ChannelRef },
+    ChannelClosed {
+        ch: ChannelRef,
+    },
 
     ExchangeDeclare {
         ch: ChannelRef,
@@ -111,7 +128,12 @@ pub enum Command {
         nowait: bool,
         arguments: FieldTable,
     },
-    ExchangeDelete { ch: ChannelRef, exchange: String, if_unused: bool, nowait: bool },
+    ExchangeDelete {
+        ch: ChannelRef,
+        exchange: String,
+        if_unused: bool,
+        nowait: bool,
+    },
     ExchangeBind {
         ch: ChannelRef,
         destination: String,
@@ -150,11 +172,32 @@ pub enum Command {
         nowait: bool,
         arguments: FieldTable,
     },
-    QueueUnbind { ch: ChannelRef, queue: String, exchange: String, routing_key: String, arguments: FieldTable },
-    QueuePurge { ch: ChannelRef, queue: String, nowait: bool },
-    QueueDelete { ch: ChannelRef, queue: String, if_unused: bool, if_empty: bool, nowait: bool },
+    QueueUnbind {
+        ch: ChannelRef,
+        queue: String,
+        exchange: String,
+        routing_key: String,
+        arguments: FieldTable,
+    },
+    QueuePurge {
+        ch: ChannelRef,
+        queue: String,
+        nowait: bool,
+    },
+    QueueDelete {
+        ch: ChannelRef,
+        queue: String,
+        if_unused: bool,
+        if_empty: bool,
+        nowait: bool,
+    },
 
-    Qos { ch: ChannelRef, prefetch_size: u32, prefetch_count: u16, global: bool },
+    Qos {
+        ch: ChannelRef,
+        prefetch_size: u32,
+        prefetch_count: u16,
+        global: bool,
+    },
     /// `consumer_tag` is never empty: the connection generates `amq.ctag-…` when the client
     /// leaves it empty.
     Consume {
@@ -167,17 +210,41 @@ pub enum Command {
         nowait: bool,
         arguments: FieldTable,
     },
-    Cancel { ch: ChannelRef, consumer_tag: String, nowait: bool },
-    Publish { ch: ChannelRef, publish: Publish },
-    Get { ch: ChannelRef, queue: String, no_ack: bool },
-    Settle { ch: ChannelRef, settle: Settle },
+    Cancel {
+        ch: ChannelRef,
+        consumer_tag: String,
+        nowait: bool,
+    },
+    Publish {
+        ch: ChannelRef,
+        publish: Publish,
+    },
+    Get {
+        ch: ChannelRef,
+        queue: String,
+        no_ack: bool,
+    },
+    Settle {
+        ch: ChannelRef,
+        settle: Settle,
+    },
     /// basic.recover (and recover-async): requeue every unacknowledged delivery of the channel.
-    Recover { ch: ChannelRef, requeue: bool },
+    Recover {
+        ch: ChannelRef,
+        requeue: bool,
+    },
     /// channel.flow from the client: stop (or resume) deliveries to this channel.
-    Flow { ch: ChannelRef, active: bool },
+    Flow {
+        ch: ChannelRef,
+        active: bool,
+    },
     /// tx.commit: the channel's buffered publishes and settlements, applied atomically and in
     /// order, answered by `Reply::TxCommitOk`.
-    TxCommit { ch: ChannelRef, publishes: Vec<Publish>, settles: Vec<Settle> },
+    TxCommit {
+        ch: ChannelRef,
+        publishes: Vec<Publish>,
+        settles: Vec<Settle>,
+    },
 }
 
 impl Command {
@@ -218,9 +285,14 @@ impl Command {
     /// A rough size in bytes, for bounding a batch.
     pub fn approx_size(&self) -> usize {
         match self {
-            Command::Publish { publish, .. } => 64 + publish.message.body.len() + publish.message.properties.len(),
+            Command::Publish { publish, .. } => {
+                64 + publish.message.body.len() + publish.message.properties.len()
+            }
             Command::TxCommit { publishes, .. } => {
-                64 + publishes.iter().map(|p| 64 + p.message.body.len() + p.message.properties.len()).sum::<usize>()
+                64 + publishes
+                    .iter()
+                    .map(|p| 64 + p.message.body.len() + p.message.properties.len())
+                    .sum::<usize>()
             }
             _ => 64,
         }

@@ -49,7 +49,12 @@ pub struct DeadLetter {
 
 /// Hands a message that left queue `q` for `reason` to dead-lettering, or drops it when the
 /// queue has no dead-letter exchange.
-pub(crate) fn dead_letter_from(q: &Queue, msg: QueuedMessage, reason: Reason, dead: &mut VecDeque<DeadLetter>) {
+pub(crate) fn dead_letter_from(
+    q: &Queue,
+    msg: QueuedMessage,
+    reason: Reason,
+    dead: &mut VecDeque<DeadLetter>,
+) {
     if let Some(dlx) = &q.args.dead_letter_exchange {
         dead.push_back(DeadLetter {
             queue: q.name.clone(),
@@ -74,12 +79,20 @@ fn as_text(v: Option<&AMQPValue>) -> Option<String> {
 }
 
 /// The properties of the dead-lettered copy and the queues named in its x-death.
-pub fn dead_letter_properties(raw: &[u8], dl: &DeadLetter, now_ms: u64) -> (Bytes, BTreeSet<String>) {
+pub fn dead_letter_properties(
+    raw: &[u8],
+    dl: &DeadLetter,
+    now_ms: u64,
+) -> (Bytes, BTreeSet<String>) {
     let props = match parse_properties(raw) {
         Ok((_, p)) => p,
         Err(_) => AMQPProperties::default(),
     };
-    let mut headers: BTreeMap<ShortString, AMQPValue> = props.headers().as_ref().map(|h| h.inner().clone()).unwrap_or_default();
+    let mut headers: BTreeMap<ShortString, AMQPValue> = props
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().clone())
+        .unwrap_or_default();
     let reason = dl.reason.as_str();
 
     let mut deaths: Vec<AMQPValue> = match headers.get("x-death") {
@@ -88,16 +101,22 @@ pub fn dead_letter_properties(raw: &[u8], dl: &DeadLetter, now_ms: u64) -> (Byte
     };
     let same = deaths.iter().position(|d| match d {
         AMQPValue::FieldTable(t) => {
-            as_text(t.inner().get("queue")).as_deref() == Some(dl.queue.as_str()) && as_text(t.inner().get("reason")).as_deref() == Some(reason)
+            as_text(t.inner().get("queue")).as_deref() == Some(dl.queue.as_str())
+                && as_text(t.inner().get("reason")).as_deref() == Some(reason)
         }
         _ => false,
     });
     let entry = match same {
         Some(pos) => {
             // Same queue and reason again: count + 1, and the entry moves to the front.
-            let AMQPValue::FieldTable(t) = deaths.remove(pos) else { unreachable!("matched a table") };
+            let AMQPValue::FieldTable(t) = deaths.remove(pos) else {
+                unreachable!("matched a table")
+            };
             let mut t = t.inner().clone();
-            let count = t.get("count").and_then(super::queue::int_value).unwrap_or(0) as i64;
+            let count = t
+                .get("count")
+                .and_then(super::queue::int_value)
+                .unwrap_or(0) as i64;
             t.insert("count".into(), AMQPValue::LongLongInt(count + 1));
             t.insert("time".into(), AMQPValue::Timestamp(now_ms / 1000));
             FieldTable::from(t)
@@ -109,7 +128,10 @@ pub fn dead_letter_properties(raw: &[u8], dl: &DeadLetter, now_ms: u64) -> (Byte
             t.insert("queue".into(), long(&dl.queue));
             t.insert("time".into(), AMQPValue::Timestamp(now_ms / 1000));
             t.insert("exchange".into(), long(&dl.msg.exchange));
-            t.insert("routing-keys".into(), AMQPValue::FieldArray(FieldArray::from(vec![long(&dl.msg.routing_key)])));
+            t.insert(
+                "routing-keys".into(),
+                AMQPValue::FieldArray(FieldArray::from(vec![long(&dl.msg.routing_key)])),
+            );
             if let Some(exp) = props.expiration() {
                 t.insert("original-expiration".into(), long(exp.as_str()));
             }
@@ -124,7 +146,10 @@ pub fn dead_letter_properties(raw: &[u8], dl: &DeadLetter, now_ms: u64) -> (Byte
             _ => None,
         })
         .collect();
-    headers.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(deaths)));
+    headers.insert(
+        "x-death".into(),
+        AMQPValue::FieldArray(FieldArray::from(deaths)),
+    );
     if !headers.contains_key("x-first-death-reason") {
         headers.insert("x-first-death-reason".into(), long(reason));
         headers.insert("x-first-death-queue".into(), long(&dl.queue));
@@ -170,7 +195,8 @@ pub fn dead_letter_properties(raw: &[u8], dl: &DeadLetter, now_ms: u64) -> (Byte
     if let Some(v) = props.cluster_id() {
         out = out.with_cluster_id(v.clone());
     }
-    let bytes = match gen_properties(&out)(WriteContext::from(Vec::with_capacity(raw.len() + 128))) {
+    let bytes = match gen_properties(&out)(WriteContext::from(Vec::with_capacity(raw.len() + 128)))
+    {
         Ok(ctx) => ctx.write,
         // Writing into a Vec cannot run out of room; keep the original rather than panic.
         Err(_) => raw.to_vec(),
@@ -184,11 +210,17 @@ impl State {
         if !self.exchanges.contains_key(&dl.dlx) {
             return;
         }
-        let (properties, death_queues) = dead_letter_properties(&dl.msg.properties, &dl, self.now_ms);
-        let routing_key = dl.dlrk.clone().unwrap_or_else(|| dl.msg.routing_key.clone());
+        let (properties, death_queues) =
+            dead_letter_properties(&dl.msg.properties, &dl, self.now_ms);
+        let routing_key = dl
+            .dlrk
+            .clone()
+            .unwrap_or_else(|| dl.msg.routing_key.clone());
         let targets = self.route(&dl.dlx, &routing_key, &properties);
         for qid in targets {
-            let Some(q) = self.queues.get(&qid) else { continue };
+            let Some(q) = self.queues.get(&qid) else {
+                continue;
+            };
             if dl.reason != Reason::Rejected && death_queues.contains(&q.name) {
                 continue;
             }

@@ -27,7 +27,15 @@ pub(crate) enum Disposition {
 }
 
 pub(crate) fn channel_range(conn: ConnId) -> std::ops::RangeInclusive<ChannelRef> {
-    ChannelRef { conn, number: 0, generation: 0 }..=ChannelRef { conn, number: u16::MAX, generation: u32::MAX }
+    ChannelRef {
+        conn,
+        number: 0,
+        generation: 0,
+    }..=ChannelRef {
+        conn,
+        number: u16::MAX,
+        generation: u32::MAX,
+    }
 }
 
 impl State {
@@ -35,7 +43,9 @@ impl State {
     /// (x-overflow reject-publish / reject-publish-dlx), which nacks a confirmed publish.
     pub(crate) fn enqueue(&mut self, qid: u64, m: Incoming<'_>, cx: &mut Ctx) -> bool {
         let now = self.now_ms;
-        let Some(q) = self.queues.get_mut(&qid) else { return true };
+        let Some(q) = self.queues.get_mut(&qid) else {
+            return true;
+        };
         if q.args.overflow != Overflow::DropHead && q.would_overflow(m.body.len() as u64) {
             if q.args.overflow == Overflow::RejectPublishDlx {
                 let msg = m.to_queued(None);
@@ -72,7 +82,9 @@ impl State {
     /// x-overflow drop-head: drops (dead-letters, "maxlen") from the head until the queue is
     /// within x-max-length / x-max-length-bytes.
     fn drop_head_over_limit(&mut self, qid: u64, cx: &mut Ctx) {
-        let Some(q) = self.queues.get_mut(&qid) else { return };
+        let Some(q) = self.queues.get_mut(&qid) else {
+            return;
+        };
         if q.args.overflow != Overflow::DropHead {
             return;
         }
@@ -85,15 +97,22 @@ impl State {
 
     /// Can this consumer take a delivery now (flow, its own prefetch, the channel's)?
     pub(crate) fn consumer_has_room(&self, cid: u64) -> bool {
-        let Some(c) = self.consumers.get(&cid) else { return false };
-        let Some(ch) = self.channels.get(&c.ch) else { return false };
+        let Some(c) = self.consumers.get(&cid) else {
+            return false;
+        };
+        let Some(ch) = self.channels.get(&c.ch) else {
+            return false;
+        };
         ch.flow_active && (c.no_ack || (c.own_room() && ch.global_room()))
     }
 
     /// The next consumer of the queue, round-robin, that has room; it moves to the back.
     fn pick_consumer(&mut self, qid: u64) -> Option<u64> {
         let q = self.queues.get(&qid)?;
-        let pos = q.consumers.iter().position(|cid| self.consumer_has_room(*cid))?;
+        let pos = q
+            .consumers
+            .iter()
+            .position(|cid| self.consumer_has_room(*cid))?;
         let q = self.queues.get_mut(&qid)?;
         let cid = q.consumers.remove(pos)?;
         q.consumers.push_back(cid);
@@ -102,16 +121,39 @@ impl State {
 
     /// basic.deliver of one message to consumer `cid`.
     fn deliver(&mut self, qid: u64, cid: u64, key: MsgKey, msg: QueuedMessage, cx: &mut Ctx) {
-        let State { queues, consumers, channels, stats, .. } = self;
+        let State {
+            queues,
+            consumers,
+            channels,
+            stats,
+            ..
+        } = self;
         let c = consumers.get_mut(&cid).expect("picked consumer exists");
         let ch = channels.get_mut(&c.ch).expect("consumer's channel exists");
         let delivery_tag = ch.next_delivery_tag();
         let redelivered = msg.redelivered;
         if c.no_ack {
             stats.removed += 1;
-            let QueuedMessage { exchange, routing_key, properties, body, .. } = msg;
-            let message = OutgoingMessage { exchange, routing_key, properties, body };
-            cx.fx.push(Effect::Deliver { ch: c.ch, consumer_tag: c.tag.clone(), delivery_tag, redelivered, message });
+            let QueuedMessage {
+                exchange,
+                routing_key,
+                properties,
+                body,
+                ..
+            } = msg;
+            let message = OutgoingMessage {
+                exchange,
+                routing_key,
+                properties,
+                body,
+            };
+            cx.fx.push(Effect::Deliver {
+                ch: c.ch,
+                consumer_tag: c.tag.clone(),
+                delivery_tag,
+                redelivered,
+                message,
+            });
         } else {
             let message = OutgoingMessage {
                 exchange: msg.exchange.clone(),
@@ -119,20 +161,36 @@ impl State {
                 properties: msg.properties.clone(),
                 body: msg.body.clone(),
             };
-            cx.fx.push(Effect::Deliver { ch: c.ch, consumer_tag: c.tag.clone(), delivery_tag, redelivered, message });
+            cx.fx.push(Effect::Deliver {
+                ch: c.ch,
+                consumer_tag: c.tag.clone(),
+                delivery_tag,
+                redelivered,
+                message,
+            });
             c.unacked += 1;
             ch.consumer_unacked += 1;
             if let Some(q) = queues.get_mut(&qid) {
                 q.unacked_count += 1;
             }
-            ch.unacked.insert(delivery_tag, Unacked { queue_id: qid, key, message: msg, consumer: Some(cid) });
+            ch.unacked.insert(
+                delivery_tag,
+                Unacked {
+                    queue_id: qid,
+                    key,
+                    message: msg,
+                    consumer: Some(cid),
+                },
+            );
         }
     }
 
     /// Removes expired messages from the head of the queue (dead-lettering them).
     pub(crate) fn expire_head(&mut self, qid: u64, cx: &mut Ctx) {
         let now = self.now_ms;
-        let Some(q) = self.queues.get_mut(&qid) else { return };
+        let Some(q) = self.queues.get_mut(&qid) else {
+            return;
+        };
         while q.head_expired(now) {
             let (_, msg) = q.pop_head().expect("head exists");
             self.stats.removed += 1;
@@ -151,8 +209,14 @@ impl State {
             if self.queues.get(&qid).is_none_or(|q| q.ready.is_empty()) {
                 return;
             }
-            let Some(cid) = self.pick_consumer(qid) else { return };
-            let (key, msg) = self.queues.get_mut(&qid).and_then(|q| q.pop_head()).expect("not empty");
+            let Some(cid) = self.pick_consumer(qid) else {
+                return;
+            };
+            let (key, msg) = self
+                .queues
+                .get_mut(&qid)
+                .and_then(|q| q.pop_head())
+                .expect("not empty");
             self.deliver(qid, cid, key, msg, cx);
         }
     }
@@ -170,7 +234,13 @@ impl State {
     }
 
     /// Settles one delivery that was taken out of the channel's unacked map.
-    pub(crate) fn finish_unacked(&mut self, ch: ChannelRef, u: Unacked, how: Disposition, cx: &mut Ctx) {
+    pub(crate) fn finish_unacked(
+        &mut self,
+        ch: ChannelRef,
+        u: Unacked,
+        how: Disposition,
+        cx: &mut Ctx,
+    ) {
         if let Some(cid) = u.consumer {
             if let Some(c) = self.consumers.get_mut(&cid) {
                 c.unacked -= 1;
@@ -180,7 +250,9 @@ impl State {
             }
         }
         // A delivery of a deleted queue was already counted as removed when it was deleted.
-        let Some(q) = self.queues.get_mut(&u.queue_id) else { return };
+        let Some(q) = self.queues.get_mut(&u.queue_id) else {
+            return;
+        };
         q.unacked_count -= 1;
         cx.dirty.insert(u.queue_id);
         match how {
@@ -204,7 +276,9 @@ impl State {
 
     /// Requeues every unacknowledged delivery of the channel (basic.recover, close).
     pub(crate) fn requeue_all(&mut self, ch: ChannelRef, cx: &mut Ctx) {
-        let Some(chan) = self.channels.get_mut(&ch) else { return };
+        let Some(chan) = self.channels.get_mut(&ch) else {
+            return;
+        };
         let unacked = std::mem::take(&mut chan.unacked);
         for (_, u) in unacked {
             self.finish_unacked(ch, u, Disposition::Requeue, cx);
@@ -214,9 +288,13 @@ impl State {
     /// Forgets one consumer (cancel, close, error). An auto-delete queue whose last consumer
     /// this was is deleted. The caller removes the tag from the channel.
     pub(crate) fn remove_consumer(&mut self, cid: u64, cx: &mut Ctx) {
-        let Some(c) = self.consumers.remove(&cid) else { return };
+        let Some(c) = self.consumers.remove(&cid) else {
+            return;
+        };
         let now = self.now_ms;
-        let Some(q) = self.queues.get_mut(&c.queue_id) else { return };
+        let Some(q) = self.queues.get_mut(&c.queue_id) else {
+            return;
+        };
         q.consumers.retain(|x| *x != cid);
         if q.exclusive_consumer == Some(cid) {
             q.exclusive_consumer = None;
@@ -234,7 +312,9 @@ impl State {
     /// (and auto-delete exchanges left without bindings with them). Returns the number of
     /// ready messages it had.
     pub(crate) fn delete_queue(&mut self, qid: u64, cx: &mut Ctx) -> u32 {
-        let Some(q) = self.queues.remove(&qid) else { return 0 };
+        let Some(q) = self.queues.remove(&qid) else {
+            return 0;
+        };
         self.queue_by_name.remove(&q.name);
         if let Some(owner) = q.exclusive_owner {
             self.owned_queues.remove(&(owner, qid));
@@ -246,7 +326,10 @@ impl State {
                 if let Some(chan) = self.channels.get_mut(&c.ch) {
                     chan.consumers.remove(&c.tag);
                 }
-                cx.fx.push(Effect::CancelConsumer { ch: c.ch, consumer_tag: c.tag });
+                cx.fx.push(Effect::CancelConsumer {
+                    ch: c.ch,
+                    consumer_tag: c.tag,
+                });
             }
         }
         self.remove_bindings_to(Destination::Queue(q.name.clone()));
@@ -255,7 +338,9 @@ impl State {
 
     /// Removes an exchange from the map and its bindings as source from the reverse index.
     fn drop_exchange(&mut self, name: &str) -> bool {
-        let Some(x) = self.exchanges.remove(name) else { return false };
+        let Some(x) = self.exchanges.remove(name) else {
+            return false;
+        };
         for (rk, by_dest) in x.bindings {
             for dest in by_dest.into_keys() {
                 if let Some(set) = self.bindings_by_dest.get_mut(&dest) {
@@ -281,9 +366,13 @@ impl State {
     pub(crate) fn remove_bindings_to(&mut self, dest: Destination) {
         let mut work = vec![dest];
         while let Some(d) = work.pop() {
-            let Some(sources) = self.bindings_by_dest.remove(&d) else { continue };
+            let Some(sources) = self.bindings_by_dest.remove(&d) else {
+                continue;
+            };
             for (src, rk) in sources {
-                let Some(x) = self.exchanges.get_mut(&src) else { continue };
+                let Some(x) = self.exchanges.get_mut(&src) else {
+                    continue;
+                };
                 x.remove_destination(&rk, &d);
                 if x.auto_delete && x.binding_count == 0 && self.drop_exchange(&src) {
                     work.push(Destination::Exchange(src));
@@ -293,8 +382,16 @@ impl State {
     }
 
     /// Removes one binding (unbind); deletes an auto-delete source left without bindings.
-    pub(crate) fn unbind(&mut self, source: &str, routing_key: &str, dest: Destination, arguments: &amq_protocol::types::FieldTable) {
-        let Some(x) = self.exchanges.get_mut(source) else { return };
+    pub(crate) fn unbind(
+        &mut self,
+        source: &str,
+        routing_key: &str,
+        dest: Destination,
+        arguments: &amq_protocol::types::FieldTable,
+    ) {
+        let Some(x) = self.exchanges.get_mut(source) else {
+            return;
+        };
         let (removed, none_left) = x.remove_binding(routing_key, &dest, arguments);
         if !removed {
             return;
@@ -314,10 +411,21 @@ impl State {
     }
 
     /// Adds a binding (idempotent).
-    pub(crate) fn bind(&mut self, source: &str, routing_key: &str, dest: Destination, arguments: &amq_protocol::types::FieldTable) {
-        let Some(x) = self.exchanges.get_mut(source) else { return };
+    pub(crate) fn bind(
+        &mut self,
+        source: &str,
+        routing_key: &str,
+        dest: Destination,
+        arguments: &amq_protocol::types::FieldTable,
+    ) {
+        let Some(x) = self.exchanges.get_mut(source) else {
+            return;
+        };
         if x.add_binding(routing_key, dest.clone(), arguments) {
-            self.bindings_by_dest.entry(dest).or_default().insert((source.to_owned(), routing_key.to_owned()));
+            self.bindings_by_dest
+                .entry(dest)
+                .or_default()
+                .insert((source.to_owned(), routing_key.to_owned()));
         }
     }
 
@@ -325,7 +433,9 @@ impl State {
     /// first, then cancels, so an auto-delete queue takes the requeued messages with it).
     pub(crate) fn close_channel(&mut self, ch: ChannelRef, cx: &mut Ctx) {
         self.requeue_all(ch, cx);
-        let Some(chan) = self.channels.remove(&ch) else { return };
+        let Some(chan) = self.channels.remove(&ch) else {
+            return;
+        };
         for cid in chan.consumers.into_values() {
             self.remove_consumer(cid, cx);
         }
@@ -333,15 +443,27 @@ impl State {
 
     /// The connection is gone: close all its channels, delete its exclusive queues.
     pub(crate) fn close_connection(&mut self, conn: ConnId, cx: &mut Ctx) {
-        let chans: Vec<ChannelRef> = self.channels.range(channel_range(conn)).map(|(k, _)| *k).collect();
+        let chans: Vec<ChannelRef> = self
+            .channels
+            .range(channel_range(conn))
+            .map(|(k, _)| *k)
+            .collect();
         for ch in chans {
             self.close_channel(ch, cx);
         }
-        let errored: Vec<ChannelRef> = self.errored_channels.range(channel_range(conn)).copied().collect();
+        let errored: Vec<ChannelRef> = self
+            .errored_channels
+            .range(channel_range(conn))
+            .copied()
+            .collect();
         for ch in errored {
             self.errored_channels.remove(&ch);
         }
-        let owned: Vec<u64> = self.owned_queues.range((conn, 0)..=(conn, u64::MAX)).map(|(_, q)| *q).collect();
+        let owned: Vec<u64> = self
+            .owned_queues
+            .range((conn, 0)..=(conn, u64::MAX))
+            .map(|(_, q)| *q)
+            .collect();
         for qid in owned {
             self.delete_queue(qid, cx);
         }

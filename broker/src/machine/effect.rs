@@ -22,24 +22,41 @@ pub enum Reply {
     ExchangeDeleteOk,
     ExchangeBindOk,
     ExchangeUnbindOk,
-    QueueDeclareOk { queue: String, message_count: u32, consumer_count: u32 },
+    QueueDeclareOk {
+        queue: String,
+        message_count: u32,
+        consumer_count: u32,
+    },
     QueueBindOk,
     QueueUnbindOk,
-    QueuePurgeOk { message_count: u32 },
-    QueueDeleteOk { message_count: u32 },
+    QueuePurgeOk {
+        message_count: u32,
+    },
+    QueueDeleteOk {
+        message_count: u32,
+    },
     QosOk,
-    ConsumeOk { consumer_tag: String },
-    CancelOk { consumer_tag: String },
+    ConsumeOk {
+        consumer_tag: String,
+    },
+    CancelOk {
+        consumer_tag: String,
+    },
     GetEmpty,
     RecoverOk,
-    FlowOk { active: bool },
+    FlowOk {
+        active: bool,
+    },
     TxCommitOk,
     ChannelCloseOk,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    Reply { ch: ChannelRef, reply: Reply },
+    Reply {
+        ch: ChannelRef,
+        reply: Reply,
+    },
     /// basic.deliver to a consumer.
     Deliver {
         ch: ChannelRef,
@@ -49,20 +66,50 @@ pub enum Effect {
         message: OutgoingMessage,
     },
     /// basic.get-ok.
-    GetOk { ch: ChannelRef, delivery_tag: u64, redelivered: bool, message_count: u32, message: OutgoingMessage },
+    GetOk {
+        ch: ChannelRef,
+        delivery_tag: u64,
+        redelivered: bool,
+        message_count: u32,
+        message: OutgoingMessage,
+    },
     /// basic.return of a mandatory publish that reached no queue (312 NO_ROUTE).
-    Return { ch: ChannelRef, reply_code: u16, reply_text: String, message: OutgoingMessage },
+    Return {
+        ch: ChannelRef,
+        reply_code: u16,
+        reply_text: String,
+        message: OutgoingMessage,
+    },
     /// A publisher confirm (ack) or negative confirm (nack) for one publish sequence number.
     /// Confirms for one channel come in sequence order; the connection folds runs of acks
     /// into one `multiple=true` ack.
-    Confirm { ch: ChannelRef, seq: u64, ack: bool },
+    Confirm {
+        ch: ChannelRef,
+        seq: u64,
+        ack: bool,
+    },
     /// A server-initiated basic.cancel (the queue was deleted, ...): consumer_cancel_notify.
-    CancelConsumer { ch: ChannelRef, consumer_tag: String },
+    CancelConsumer {
+        ch: ChannelRef,
+        consumer_tag: String,
+    },
     /// Close the channel with an error (a soft error: 403, 404, 405, 406, ...). The machine has
     /// already forgotten the channel's consumers and requeued its deliveries.
-    ChannelError { ch: ChannelRef, reply_code: u16, reply_text: String, class_id: u16, method_id: u16 },
+    ChannelError {
+        ch: ChannelRef,
+        reply_code: u16,
+        reply_text: String,
+        class_id: u16,
+        method_id: u16,
+    },
     /// Close the whole connection with an error (a hard error: 503, 530, 541, ...).
-    ConnectionError { conn: ConnId, reply_code: u16, reply_text: String, class_id: u16, method_id: u16 },
+    ConnectionError {
+        conn: ConnId,
+        reply_code: u16,
+        reply_text: String,
+        class_id: u16,
+        method_id: u16,
+    },
 }
 
 impl Effect {
@@ -84,7 +131,12 @@ impl Effect {
     pub fn conn(&self) -> ConnId {
         match self {
             Effect::ConnectionError { conn, .. } => *conn,
-            other => other.channel().expect("every other effect names a channel").conn,
+            other => {
+                other
+                    .channel()
+                    .expect("every other effect names a channel")
+                    .conn
+            }
         }
     }
 }

@@ -83,7 +83,14 @@ pub fn string_arg(arguments: &FieldTable, key: &str) -> Option<String> {
 }
 
 impl Exchange {
-    pub fn new(name: &str, kind: ExchangeKind, durable: bool, auto_delete: bool, internal: bool, arguments: FieldTable) -> Exchange {
+    pub fn new(
+        name: &str,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Exchange {
         let alternate_exchange = string_arg(&arguments, "alternate-exchange");
         Exchange {
             name: name.to_owned(),
@@ -99,8 +106,18 @@ impl Exchange {
     }
 
     /// Adds a binding; false when exactly this binding already existed (binding is idempotent).
-    pub fn add_binding(&mut self, routing_key: &str, destination: Destination, arguments: &FieldTable) -> bool {
-        let tables = self.bindings.entry(routing_key.to_owned()).or_default().entry(destination).or_default();
+    pub fn add_binding(
+        &mut self,
+        routing_key: &str,
+        destination: Destination,
+        arguments: &FieldTable,
+    ) -> bool {
+        let tables = self
+            .bindings
+            .entry(routing_key.to_owned())
+            .or_default()
+            .entry(destination)
+            .or_default();
         if tables.iter().any(|t| t == arguments) {
             return false;
         }
@@ -111,10 +128,21 @@ impl Exchange {
 
     /// Removes one binding; false when it did not exist (unbinding is idempotent). The second
     /// value tells whether no binding with this key and destination remains.
-    pub fn remove_binding(&mut self, routing_key: &str, destination: &Destination, arguments: &FieldTable) -> (bool, bool) {
-        let Some(by_dest) = self.bindings.get_mut(routing_key) else { return (false, true) };
-        let Some(tables) = by_dest.get_mut(destination) else { return (false, true) };
-        let Some(pos) = tables.iter().position(|t| t == arguments) else { return (false, false) };
+    pub fn remove_binding(
+        &mut self,
+        routing_key: &str,
+        destination: &Destination,
+        arguments: &FieldTable,
+    ) -> (bool, bool) {
+        let Some(by_dest) = self.bindings.get_mut(routing_key) else {
+            return (false, true);
+        };
+        let Some(tables) = by_dest.get_mut(destination) else {
+            return (false, true);
+        };
+        let Some(pos) = tables.iter().position(|t| t == arguments) else {
+            return (false, false);
+        };
         tables.remove(pos);
         self.binding_count -= 1;
         let none_left = tables.is_empty();
@@ -142,12 +170,27 @@ impl Exchange {
     /// RabbitMQ's `assert_equivalence` for exchange.declare of an existing exchange: type,
     /// durable, auto_delete, internal and the `alternate-exchange` argument must match.
     /// Returns the detail of the 406 reply text.
-    pub fn check_equivalent(&self, kind: ExchangeKind, durable: bool, auto_delete: bool, internal: bool, arguments: &FieldTable) -> Result<(), String> {
+    pub fn check_equivalent(
+        &self,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: &FieldTable,
+    ) -> Result<(), String> {
         let what = format!("for exchange '{}' in vhost '/'", self.name);
         if kind != self.kind {
-            return Err(format!("inequivalent arg 'type' {what}: received '{}' but current is '{}'", kind.as_str(), self.kind.as_str()));
+            return Err(format!(
+                "inequivalent arg 'type' {what}: received '{}' but current is '{}'",
+                kind.as_str(),
+                self.kind.as_str()
+            ));
         }
-        for (arg, received, current) in [("durable", durable, self.durable), ("auto_delete", auto_delete, self.auto_delete), ("internal", internal, self.internal)] {
+        for (arg, received, current) in [
+            ("durable", durable, self.durable),
+            ("auto_delete", auto_delete, self.auto_delete),
+            ("internal", internal, self.internal),
+        ] {
             if received != current {
                 return Err(format!("inequivalent arg '{arg}' {what}: received '{received}' but current is '{current}'"));
             }
@@ -158,7 +201,11 @@ impl Exchange {
                 Some(s) => format!("the value '{s}' of type 'longstr'"),
                 None => "none".to_owned(),
             };
-            return Err(format!("inequivalent arg 'alternate-exchange' {what}: received {} but current is {}", show(&received), show(&self.alternate_exchange)));
+            return Err(format!(
+                "inequivalent arg 'alternate-exchange' {what}: received {} but current is {}",
+                show(&received),
+                show(&self.alternate_exchange)
+            ));
         }
         Ok(())
     }

@@ -128,7 +128,10 @@ impl State {
     pub fn new() -> State {
         let mut exchanges = BTreeMap::new();
         for (name, kind) in BUILT_IN {
-            exchanges.insert(name.to_owned(), Exchange::new(name, kind, true, false, false, Default::default()));
+            exchanges.insert(
+                name.to_owned(),
+                Exchange::new(name, kind, true, false, false, Default::default()),
+            );
         }
         State {
             last_index: 0,

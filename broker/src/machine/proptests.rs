@@ -23,22 +23,78 @@ const QUEUES: [&str; 4] = ["q0", "q1", "q2", "dead"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Publish { ch: (u8, u8), queue: u8, fanout: bool, confirm: bool, mandatory: bool },
-    Consume { ch: (u8, u8), queue: u8, no_ack: bool, exclusive: bool },
-    ReuseTag { ch: (u8, u8), queue: u8 },
-    Cancel { ch: (u8, u8), nth: u8 },
-    Qos { ch: (u8, u8), count: u8, global: bool },
-    Get { ch: (u8, u8), queue: u8, no_ack: bool },
-    Ack { ch: (u8, u8), nth: u8, multiple: bool, bogus: bool },
-    Nack { ch: (u8, u8), nth: u8, multiple: bool, requeue: bool },
-    Recover { ch: (u8, u8) },
-    Flow { ch: (u8, u8), active: bool },
-    Tx { ch: (u8, u8), queue: u8, ack_nth: Option<u8> },
-    ChannelClosed { ch: (u8, u8) },
-    ConnectionClosed { conn: u8 },
-    Purge { ch: (u8, u8), queue: u8 },
-    DeleteAndRedeclare { ch: (u8, u8), queue: u8 },
-    Tick { ms: u16 },
+    Publish {
+        ch: (u8, u8),
+        queue: u8,
+        fanout: bool,
+        confirm: bool,
+        mandatory: bool,
+    },
+    Consume {
+        ch: (u8, u8),
+        queue: u8,
+        no_ack: bool,
+        exclusive: bool,
+    },
+    ReuseTag {
+        ch: (u8, u8),
+        queue: u8,
+    },
+    Cancel {
+        ch: (u8, u8),
+        nth: u8,
+    },
+    Qos {
+        ch: (u8, u8),
+        count: u8,
+        global: bool,
+    },
+    Get {
+        ch: (u8, u8),
+        queue: u8,
+        no_ack: bool,
+    },
+    Ack {
+        ch: (u8, u8),
+        nth: u8,
+        multiple: bool,
+        bogus: bool,
+    },
+    Nack {
+        ch: (u8, u8),
+        nth: u8,
+        multiple: bool,
+        requeue: bool,
+    },
+    Recover {
+        ch: (u8, u8),
+    },
+    Flow {
+        ch: (u8, u8),
+        active: bool,
+    },
+    Tx {
+        ch: (u8, u8),
+        queue: u8,
+        ack_nth: Option<u8>,
+    },
+    ChannelClosed {
+        ch: (u8, u8),
+    },
+    ConnectionClosed {
+        conn: u8,
+    },
+    Purge {
+        ch: (u8, u8),
+        queue: u8,
+    },
+    DeleteAndRedeclare {
+        ch: (u8, u8),
+        queue: u8,
+    },
+    Tick {
+        ms: u16,
+    },
 }
 
 fn ch_strategy() -> impl Strategy<Value = (u8, u8)> {
@@ -73,7 +129,15 @@ fn op_strategy() -> impl Strategy<Value = Op> {
 
 fn chan_ref(g: &Gen, (conn, number): (u8, u8)) -> ChannelRef {
     let generation = g.generations.get(&(conn, number)).copied().unwrap_or(0);
-    ChannelRef { conn: ConnId { node: 1, epoch: 1, seq: conn as u64 + g.conn_bump.get(&conn).copied().unwrap_or(0) }, number: number as u16, generation }
+    ChannelRef {
+        conn: ConnId {
+            node: 1,
+            epoch: 1,
+            seq: conn as u64 + g.conn_bump.get(&conn).copied().unwrap_or(0),
+        },
+        number: number as u16,
+        generation,
+    }
 }
 
 /// Turns ops into commands against the current state.
@@ -93,7 +157,10 @@ fn queue_declare_for(ch: ChannelRef, queue: u8) -> Command {
     let name = QUEUES[queue as usize];
     let args = match name {
         "q1" => table(&[("x-max-length", i(3))]),
-        "q2" => table(&[("x-message-ttl", i(50)), ("x-dead-letter-exchange", s("dlx"))]),
+        "q2" => table(&[
+            ("x-message-ttl", i(50)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
         "dead" => table(&[("x-max-length", i(4)), ("x-overflow", s("reject-publish"))]),
         _ => FieldTable::default(),
     };
@@ -109,17 +176,31 @@ fn nth_tag(state: &State, ch: ChannelRef, nth: u8) -> Option<u64> {
     if chan.unacked.is_empty() {
         return None;
     }
-    chan.unacked.keys().nth(nth as usize % chan.unacked.len()).copied()
+    chan.unacked
+        .keys()
+        .nth(nth as usize % chan.unacked.len())
+        .copied()
 }
 
 impl Gen {
-    fn publish(&mut self, ch: ChannelRef, queue: u8, fanout: bool, confirm: bool, mandatory: bool) -> Publish {
+    fn publish(
+        &mut self,
+        ch: ChannelRef,
+        queue: u8,
+        fanout: bool,
+        confirm: bool,
+        mandatory: bool,
+    ) -> Publish {
         self.next_body += 1;
         let confirm_seq = confirm.then(|| {
             self.next_confirm += 1;
             self.next_confirm
         });
-        let (exchange, routing_key) = if fanout { ("amq.fanout", "") } else { ("", QUEUES[queue as usize]) };
+        let (exchange, routing_key) = if fanout {
+            ("amq.fanout", "")
+        } else {
+            ("", QUEUES[queue as usize])
+        };
         let _ = ch;
         Publish {
             exchange: exchange.into(),
@@ -132,11 +213,25 @@ impl Gen {
 
     fn command(&mut self, state: &State, op: &Op) -> Option<Command> {
         Some(match *op {
-            Op::Publish { ch, queue, fanout, confirm, mandatory } => {
+            Op::Publish {
+                ch,
+                queue,
+                fanout,
+                confirm,
+                mandatory,
+            } => {
                 let c = chan_ref(self, ch);
-                Command::Publish { ch: c, publish: self.publish(c, queue, fanout, confirm, mandatory) }
+                Command::Publish {
+                    ch: c,
+                    publish: self.publish(c, queue, fanout, confirm, mandatory),
+                }
             }
-            Op::Consume { ch, queue, no_ack, exclusive } => {
+            Op::Consume {
+                ch,
+                queue,
+                no_ack,
+                exclusive,
+            } => {
                 self.next_tag += 1;
                 Command::Consume {
                     ch: chan_ref(self, ch),
@@ -151,7 +246,13 @@ impl Gen {
             }
             Op::ReuseTag { ch, queue } => {
                 let c = chan_ref(self, ch);
-                let tag = state.channels.get(&c)?.consumers.keys().find(|t| !self.cancelled.contains(*t))?.clone();
+                let tag = state
+                    .channels
+                    .get(&c)?
+                    .consumers
+                    .keys()
+                    .find(|t| !self.cancelled.contains(*t))?
+                    .clone();
                 Command::Consume {
                     ch: c,
                     queue: QUEUES[queue as usize].into(),
@@ -166,31 +267,91 @@ impl Gen {
             Op::Cancel { ch, nth } => {
                 let c = chan_ref(self, ch);
                 let tags = &state.channels.get(&c)?.consumers;
-                let tag = tags.keys().nth(nth as usize % tags.len().max(1)).cloned().unwrap_or_else(|| "unknown".into());
+                let tag = tags
+                    .keys()
+                    .nth(nth as usize % tags.len().max(1))
+                    .cloned()
+                    .unwrap_or_else(|| "unknown".into());
                 self.cancelled.insert(tag.clone());
-                Command::Cancel { ch: c, consumer_tag: tag, nowait: false }
+                Command::Cancel {
+                    ch: c,
+                    consumer_tag: tag,
+                    nowait: false,
+                }
             }
-            Op::Qos { ch, count, global } => Command::Qos { ch: chan_ref(self, ch), prefetch_size: 0, prefetch_count: count as u16, global },
-            Op::Get { ch, queue, no_ack } => Command::Get { ch: chan_ref(self, ch), queue: QUEUES[queue as usize].into(), no_ack },
-            Op::Ack { ch, nth, multiple, bogus } => {
+            Op::Qos { ch, count, global } => Command::Qos {
+                ch: chan_ref(self, ch),
+                prefetch_size: 0,
+                prefetch_count: count as u16,
+                global,
+            },
+            Op::Get { ch, queue, no_ack } => Command::Get {
+                ch: chan_ref(self, ch),
+                queue: QUEUES[queue as usize].into(),
+                no_ack,
+            },
+            Op::Ack {
+                ch,
+                nth,
+                multiple,
+                bogus,
+            } => {
                 let c = chan_ref(self, ch);
-                let tag = if bogus { 10_000 } else { nth_tag(state, c, nth)? };
-                Command::Settle { ch: c, settle: Settle::Ack { delivery_tag: tag, multiple } }
+                let tag = if bogus {
+                    10_000
+                } else {
+                    nth_tag(state, c, nth)?
+                };
+                Command::Settle {
+                    ch: c,
+                    settle: Settle::Ack {
+                        delivery_tag: tag,
+                        multiple,
+                    },
+                }
             }
-            Op::Nack { ch, nth, multiple, requeue } => {
+            Op::Nack {
+                ch,
+                nth,
+                multiple,
+                requeue,
+            } => {
                 let c = chan_ref(self, ch);
                 let tag = nth_tag(state, c, nth)?;
-                Command::Settle { ch: c, settle: Settle::Nack { delivery_tag: tag, multiple, requeue } }
+                Command::Settle {
+                    ch: c,
+                    settle: Settle::Nack {
+                        delivery_tag: tag,
+                        multiple,
+                        requeue,
+                    },
+                }
             }
-            Op::Recover { ch } => Command::Recover { ch: chan_ref(self, ch), requeue: true },
-            Op::Flow { ch, active } => Command::Flow { ch: chan_ref(self, ch), active },
+            Op::Recover { ch } => Command::Recover {
+                ch: chan_ref(self, ch),
+                requeue: true,
+            },
+            Op::Flow { ch, active } => Command::Flow {
+                ch: chan_ref(self, ch),
+                active,
+            },
             Op::Tx { ch, queue, ack_nth } => {
                 let c = chan_ref(self, ch);
                 let settles = match ack_nth {
-                    Some(n) => nth_tag(state, c, n).map(|t| Settle::Ack { delivery_tag: t, multiple: false }).into_iter().collect(),
+                    Some(n) => nth_tag(state, c, n)
+                        .map(|t| Settle::Ack {
+                            delivery_tag: t,
+                            multiple: false,
+                        })
+                        .into_iter()
+                        .collect(),
                     None => Vec::new(),
                 };
-                Command::TxCommit { ch: c, publishes: vec![self.publish(c, queue, false, false, false)], settles }
+                Command::TxCommit {
+                    ch: c,
+                    publishes: vec![self.publish(c, queue, false, false, false)],
+                    settles,
+                }
             }
             Op::ChannelClosed { ch } => {
                 let c = chan_ref(self, ch);
@@ -202,11 +363,21 @@ impl Gen {
                 *self.conn_bump.entry(conn).or_default() += 10;
                 Command::ConnectionClosed { conn: c }
             }
-            Op::Purge { ch, queue } => Command::QueuePurge { ch: chan_ref(self, ch), queue: QUEUES[queue as usize].into(), nowait: false },
+            Op::Purge { ch, queue } => Command::QueuePurge {
+                ch: chan_ref(self, ch),
+                queue: QUEUES[queue as usize].into(),
+                nowait: false,
+            },
             Op::DeleteAndRedeclare { ch, queue } => {
                 let c = chan_ref(self, ch);
                 if state.queue(QUEUES[queue as usize]).is_some() {
-                    Command::QueueDelete { ch: c, queue: QUEUES[queue as usize].into(), if_unused: false, if_empty: false, nowait: false }
+                    Command::QueueDelete {
+                        ch: c,
+                        queue: QUEUES[queue as usize].into(),
+                        if_unused: false,
+                        if_empty: false,
+                        nowait: false,
+                    }
                 } else {
                     queue_declare_for(c, queue)
                 }
@@ -237,27 +408,46 @@ fn check_invariants(state: &State) -> Result<(), String> {
             }
         }
         if consumer_unacked != chan.consumer_unacked {
-            return Err(format!("{ch}: consumer_unacked {} but {consumer_unacked} held", chan.consumer_unacked));
+            return Err(format!(
+                "{ch}: consumer_unacked {} but {consumer_unacked} held",
+                chan.consumer_unacked
+            ));
         }
         for (tag, cid) in &chan.consumers {
-            let c = state.consumers.get(cid).ok_or(format!("{ch}: consumer {tag} missing"))?;
+            let c = state
+                .consumers
+                .get(cid)
+                .ok_or(format!("{ch}: consumer {tag} missing"))?;
             if c.ch != *ch || &c.tag != tag {
-                return Err(format!("consumer {cid} is filed under the wrong channel or tag"));
+                return Err(format!(
+                    "consumer {cid} is filed under the wrong channel or tag"
+                ));
             }
         }
     }
     let unacked: u64 = unacked_by_queue.values().sum();
     if state.stats.enqueued - state.stats.removed != ready + unacked {
-        return Err(format!("conservation: enqueued {} removed {} ready {ready} unacked {unacked}", state.stats.enqueued, state.stats.removed));
+        return Err(format!(
+            "conservation: enqueued {} removed {} ready {ready} unacked {unacked}",
+            state.stats.enqueued, state.stats.removed
+        ));
     }
     for q in state.queues.values() {
         if q.unacked_count != unacked_by_queue.get(&q.id).copied().unwrap_or(0) {
-            return Err(format!("queue {}: unacked_count {} is wrong", q.name, q.unacked_count));
+            return Err(format!(
+                "queue {}: unacked_count {} is wrong",
+                q.name, q.unacked_count
+            ));
         }
         if q.ready_bytes != q.ready.values().map(|m| m.body.len() as u64).sum::<u64>() {
             return Err(format!("queue {}: ready_bytes is wrong", q.name));
         }
-        if q.expiring_ready != q.ready.values().filter(|m| m.expires_at_ms.is_some()).count() as u64 {
+        if q.expiring_ready
+            != q.ready
+                .values()
+                .filter(|m| m.expires_at_ms.is_some())
+                .count() as u64
+        {
             return Err(format!("queue {}: expiring_ready is wrong", q.name));
         }
         if q.args.overflow == super::queue::Overflow::DropHead && q.over_limit() {
@@ -265,12 +455,22 @@ fn check_invariants(state: &State) -> Result<(), String> {
         }
         // Draining is complete: messages wait only when no consumer has room.
         if !q.ready.is_empty() {
-            if let Some(cid) = q.consumers.iter().find(|cid| state.consumer_has_room(**cid)) {
-                return Err(format!("queue {} holds ready messages while consumer {cid} has room", q.name));
+            if let Some(cid) = q
+                .consumers
+                .iter()
+                .find(|cid| state.consumer_has_room(**cid))
+            {
+                return Err(format!(
+                    "queue {} holds ready messages while consumer {cid} has room",
+                    q.name
+                ));
             }
         }
         for cid in &q.consumers {
-            let c = state.consumers.get(cid).ok_or(format!("queue {} lists a gone consumer", q.name))?;
+            let c = state
+                .consumers
+                .get(cid)
+                .ok_or(format!("queue {} lists a gone consumer", q.name))?;
             if c.queue_id != q.id {
                 return Err("consumer listed on the wrong queue".into());
             }
@@ -279,7 +479,10 @@ fn check_invariants(state: &State) -> Result<(), String> {
     for (cid, c) in &state.consumers {
         let held = by_consumer.get(cid).copied().unwrap_or(0);
         if held != c.unacked {
-            return Err(format!("consumer {}: unacked {} but {held} held", c.tag, c.unacked));
+            return Err(format!(
+                "consumer {}: unacked {} but {held} held",
+                c.tag, c.unacked
+            ));
         }
         // Per-consumer prefetch is fixed at creation, so it can never be exceeded.
         if !c.no_ack && c.prefetch > 0 && c.unacked > c.prefetch as u32 {
@@ -290,7 +493,15 @@ fn check_invariants(state: &State) -> Result<(), String> {
 }
 
 fn setup(now_ms: u64) -> Entry {
-    let ch = ChannelRef { conn: ConnId { node: 1, epoch: 1, seq: 99 }, number: 1, generation: 0 };
+    let ch = ChannelRef {
+        conn: ConnId {
+            node: 1,
+            epoch: 1,
+            seq: 99,
+        },
+        number: 1,
+        generation: 0,
+    };
     let mut commands: Vec<Command> = (0..4).map(|q| queue_declare_for(ch, q)).collect();
     commands.push(Command::ExchangeDeclare {
         ch,
@@ -304,7 +515,14 @@ fn setup(now_ms: u64) -> Entry {
         arguments: FieldTable::default(),
     });
     for (q, x) in [("q0", "amq.fanout"), ("q1", "amq.fanout"), ("dead", "dlx")] {
-        commands.push(Command::QueueBind { ch, queue: q.into(), exchange: x.into(), routing_key: "".into(), nowait: false, arguments: FieldTable::default() });
+        commands.push(Command::QueueBind {
+            ch,
+            queue: q.into(),
+            exchange: x.into(),
+            routing_key: "".into(),
+            nowait: false,
+            arguments: FieldTable::default(),
+        });
     }
     Entry { now_ms, commands }
 }
@@ -323,18 +541,43 @@ struct Run {
 impl Run {
     fn apply(&mut self, entry: Entry) -> Result<(), TestCaseError> {
         let fx = self.state.apply(self.entries.len() as u64 + 1, &entry);
-        check_invariants(&self.state).map_err(|e| TestCaseError::fail(format!("after entry {}: {e}\n{entry:?}", self.entries.len() + 1)))?;
+        check_invariants(&self.state).map_err(|e| {
+            TestCaseError::fail(format!(
+                "after entry {}: {e}\n{entry:?}",
+                self.entries.len() + 1
+            ))
+        })?;
         for e in &fx {
             let (ch, tag, redelivered, message, consumer) = match e {
-                Effect::Deliver { ch, delivery_tag, redelivered, message, consumer_tag } => (ch, delivery_tag, redelivered, message, Some(consumer_tag)),
-                Effect::GetOk { ch, delivery_tag, redelivered, message, .. } => (ch, delivery_tag, redelivered, message, None),
+                Effect::Deliver {
+                    ch,
+                    delivery_tag,
+                    redelivered,
+                    message,
+                    consumer_tag,
+                } => (ch, delivery_tag, redelivered, message, Some(consumer_tag)),
+                Effect::GetOk {
+                    ch,
+                    delivery_tag,
+                    redelivered,
+                    message,
+                    ..
+                } => (ch, delivery_tag, redelivered, message, None),
                 _ => continue,
             };
             let last = self.last_tag.entry(*ch).or_default();
-            prop_assert!(*tag > *last, "delivery tag {} after {} on {}", tag, last, ch);
+            prop_assert!(
+                *tag > *last,
+                "delivery tag {} after {} on {}",
+                tag,
+                last,
+                ch
+            );
             *last = *tag;
             // Order: first-time deliveries of directly published messages follow publish order.
-            if let (Some(consumer), false, false) = (consumer, *redelivered, message.exchange == "dlx") {
+            if let (Some(consumer), false, false) =
+                (consumer, *redelivered, message.exchange == "dlx")
+            {
                 let number: u64 = String::from_utf8_lossy(&message.body).parse().unwrap();
                 let prev = self.last_body.entry((*ch, consumer.clone())).or_default();
                 prop_assert!(number > *prev, "{} got {} after {}", consumer, number, prev);
@@ -355,9 +598,22 @@ fn run_generated(ops: &[(Op, bool)]) -> Result<Generated, TestCaseError> {
     let mut now_ms = 1_000;
     let entries = vec![setup(now_ms)];
     let effects = vec![state.apply(1, &entries[0])];
-    let mut g = Gen { next_body: 0, next_tag: 0, next_confirm: 0, generations: BTreeMap::new(), conn_bump: BTreeMap::new(), cancelled: Default::default() };
+    let mut g = Gen {
+        next_body: 0,
+        next_tag: 0,
+        next_confirm: 0,
+        generations: BTreeMap::new(),
+        conn_bump: BTreeMap::new(),
+        cancelled: Default::default(),
+    };
     let mut pending: Vec<Command> = Vec::new();
-    let mut run = Run { state, entries, effects, last_tag: BTreeMap::new(), last_body: BTreeMap::new() };
+    let mut run = Run {
+        state,
+        entries,
+        effects,
+        last_tag: BTreeMap::new(),
+        last_body: BTreeMap::new(),
+    };
     for (n, (op, flush)) in ops.iter().enumerate() {
         if let Op::Tick { ms } = op {
             now_ms += *ms as u64;
@@ -365,10 +621,16 @@ fn run_generated(ops: &[(Op, bool)]) -> Result<Generated, TestCaseError> {
             // Alone in an entry, against the current state: a certain 530 (a tag cancelled
             // earlier in the same entry would make it a legitimate new consumer).
             if !pending.is_empty() {
-                run.apply(Entry { now_ms, commands: std::mem::take(&mut pending) })?;
+                run.apply(Entry {
+                    now_ms,
+                    commands: std::mem::take(&mut pending),
+                })?;
             }
             if let Some(cmd) = g.command(&run.state, op) {
-                run.apply(Entry { now_ms, commands: vec![cmd] })?;
+                run.apply(Entry {
+                    now_ms,
+                    commands: vec![cmd],
+                })?;
             }
             continue;
         } else if let Some(cmd) = g.command(&run.state, op) {
@@ -377,9 +639,17 @@ fn run_generated(ops: &[(Op, bool)]) -> Result<Generated, TestCaseError> {
         if !*flush && n + 1 != ops.len() {
             continue;
         }
-        run.apply(Entry { now_ms, commands: std::mem::take(&mut pending) })?;
+        run.apply(Entry {
+            now_ms,
+            commands: std::mem::take(&mut pending),
+        })?;
     }
-    let Run { state, entries, effects, .. } = run;
+    let Run {
+        state,
+        entries,
+        effects,
+        ..
+    } = run;
     Ok((entries, effects, state))
 }
 
@@ -416,4 +686,3 @@ proptest! {
         prop_assert_eq!(&restored, &state);
     }
 }
-

@@ -141,12 +141,17 @@ impl QueueArgs {
             quorum: false,
         };
         let t = arguments.inner();
-        let invalid = |key: &str, why: String| format!("invalid arg '{key}' for queue '{queue}' in vhost '/': {why}");
+        let invalid = |key: &str, why: String| {
+            format!("invalid arg '{key}' for queue '{queue}' in vhost '/': {why}")
+        };
         // A non-negative integer argument (x-expires must also be positive).
         let non_neg = |key: &str, positive: bool| -> Result<Option<u64>, String> {
             let Some(v) = t.get(key) else { return Ok(None) };
             let Some(i) = int_value(v) else {
-                return Err(invalid(key, format!("{{unacceptable_type,{}}}", type_name(v))));
+                return Err(invalid(
+                    key,
+                    format!("{{unacceptable_type,{}}}", type_name(v)),
+                ));
             };
             if i < 0 {
                 return Err(invalid(key, format!("{{value_negative,{i}}}")));
@@ -162,7 +167,10 @@ impl QueueArgs {
         args.max_length_bytes = non_neg("x-max-length-bytes", false)?;
         if let Some(p) = non_neg("x-max-priority", false)? {
             if p > 255 {
-                return Err(invalid("x-max-priority", format!("{{max_value_exceeded,{p}}}")));
+                return Err(invalid(
+                    "x-max-priority",
+                    format!("{{max_value_exceeded,{p}}}"),
+                ));
             }
             args.max_priority = Some(p as u8);
         }
@@ -171,19 +179,34 @@ impl QueueArgs {
                 Some("drop-head") => Overflow::DropHead,
                 Some("reject-publish") => Overflow::RejectPublish,
                 Some("reject-publish-dlx") => Overflow::RejectPublishDlx,
-                _ => return Err(invalid("x-overflow", format!("{{unknown_overflow_type,{}}}", show_value(v)))),
+                _ => {
+                    return Err(invalid(
+                        "x-overflow",
+                        format!("{{unknown_overflow_type,{}}}", show_value(v)),
+                    ))
+                }
             };
         }
         if let Some(v) = t.get("x-dead-letter-exchange") {
             match str_value(v) {
                 Some(s) => args.dead_letter_exchange = Some(s),
-                None => return Err(invalid("x-dead-letter-exchange", format!("{{unacceptable_type,{}}}", type_name(v)))),
+                None => {
+                    return Err(invalid(
+                        "x-dead-letter-exchange",
+                        format!("{{unacceptable_type,{}}}", type_name(v)),
+                    ))
+                }
             }
         }
         if let Some(v) = t.get("x-dead-letter-routing-key") {
             match str_value(v) {
                 Some(s) => args.dead_letter_routing_key = Some(s),
-                None => return Err(invalid("x-dead-letter-routing-key", format!("{{unacceptable_type,{}}}", type_name(v)))),
+                None => {
+                    return Err(invalid(
+                        "x-dead-letter-routing-key",
+                        format!("{{unacceptable_type,{}}}", type_name(v)),
+                    ))
+                }
             }
             if args.dead_letter_exchange.is_none() {
                 return Err(invalid("x-dead-letter-routing-key", "no_dlx".to_owned()));
@@ -193,7 +216,12 @@ impl QueueArgs {
             match str_value(v).as_deref() {
                 Some("classic") => {}
                 Some("quorum") => args.quorum = true,
-                _ => return Err(invalid("x-queue-type", format!("{{unsupported_queue_type,{}}}", show_value(v)))),
+                _ => {
+                    return Err(invalid(
+                        "x-queue-type",
+                        format!("{{unsupported_queue_type,{}}}", show_value(v)),
+                    ))
+                }
             }
         }
         Ok(args)
@@ -203,7 +231,11 @@ impl QueueArgs {
 /// RabbitMQ's argument equivalence for queue.declare of an existing queue: each argument in
 /// [`EQUIVALENCE_ARGS`] must be equal (integers by value). A redeclare that leaves out
 /// x-queue-type is accepted (clients that predate quorum queues do that).
-pub fn check_args_equivalent(queue: &str, current: &FieldTable, received: &FieldTable) -> Result<(), String> {
+pub fn check_args_equivalent(
+    queue: &str,
+    current: &FieldTable,
+    received: &FieldTable,
+) -> Result<(), String> {
     for key in EQUIVALENCE_ARGS {
         let (r, c) = (received.inner().get(key), current.inner().get(key));
         if key == "x-queue-type" && r.is_none() {
@@ -298,14 +330,24 @@ impl Queue {
 
     /// Does the queue hold more than x-max-length / x-max-length-bytes allow?
     pub fn over_limit(&self) -> bool {
-        self.args.max_length.is_some_and(|max| self.ready.len() as u64 > max)
-            || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes > max)
+        self.args
+            .max_length
+            .is_some_and(|max| self.ready.len() as u64 > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes > max)
     }
 
     /// Would one more message of `size` bytes exceed a limit (reject-publish)?
     pub fn would_overflow(&self, size: u64) -> bool {
-        self.args.max_length.is_some_and(|max| self.ready.len() as u64 + 1 > max)
-            || self.args.max_length_bytes.is_some_and(|max| self.ready_bytes + size > max)
+        self.args
+            .max_length
+            .is_some_and(|max| self.ready.len() as u64 + 1 > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes + size > max)
     }
 
     /// Expiry for a message enqueued now: the smaller of x-message-ttl and its expiration.
@@ -322,7 +364,11 @@ impl Queue {
         let before = self.ready.len();
         self.ready.retain(|_, m| keep(m));
         self.ready_bytes = self.ready.values().map(|m| m.body.len() as u64).sum();
-        self.expiring_ready = self.ready.values().filter(|m| m.expires_at_ms.is_some()).count() as u64;
+        self.expiring_ready = self
+            .ready
+            .values()
+            .filter(|m| m.expires_at_ms.is_some())
+            .count() as u64;
         (before - self.ready.len()) as u64
     }
 

@@ -90,7 +90,9 @@ fn comparable(v: &AMQPValue) -> Comparable<'_> {
 /// Value equality as the headers exchange sees it.
 pub fn values_equal(a: &AMQPValue, b: &AMQPValue) -> bool {
     match (comparable(a), comparable(b)) {
-        (Comparable::Int(x), Comparable::Float(y)) | (Comparable::Float(y), Comparable::Int(x)) => (x as f64) == y,
+        (Comparable::Int(x), Comparable::Float(y)) | (Comparable::Float(y), Comparable::Int(x)) => {
+            (x as f64) == y
+        }
         (x, y) => x == y,
     }
 }
@@ -137,7 +139,12 @@ pub fn headers_match(binding: &FieldTable, headers: Option<&FieldTable>) -> bool
 impl State {
     /// The ids of the queues that a message published to `exchange` with `routing_key` reaches.
     /// The properties are parsed only if a headers exchange is on the walk.
-    pub(crate) fn route(&self, exchange: &str, routing_key: &str, properties: &[u8]) -> BTreeSet<u64> {
+    pub(crate) fn route(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+    ) -> BTreeSet<u64> {
         let mut queues = BTreeSet::new();
         // Fast path: the default exchange routes to the queue named by the routing key.
         if exchange.is_empty() {
@@ -154,7 +161,9 @@ impl State {
             if !seen.insert(name) {
                 continue;
             }
-            let Some(x) = self.exchanges.get(name) else { continue };
+            let Some(x) = self.exchanges.get(name) else {
+                continue;
+            };
             let mut matched = false;
             if name.is_empty() {
                 if let Some(id) = self.queue_by_name.get(routing_key) {
@@ -187,10 +196,11 @@ impl State {
                         }
                     }
                     ExchangeKind::Headers => {
-                        let hdrs = headers.get_or_insert_with(|| match parse_properties(properties) {
-                            Ok((_, props)) => props.headers().clone(),
-                            Err(_) => None,
-                        });
+                        let hdrs =
+                            headers.get_or_insert_with(|| match parse_properties(properties) {
+                                Ok((_, props)) => props.headers().clone(),
+                                Err(_) => None,
+                            });
                         for by_dest in x.bindings.values() {
                             for (dest, tables) in by_dest {
                                 if tables.iter().any(|t| headers_match(t, hdrs.as_ref())) {
@@ -210,7 +220,13 @@ impl State {
         queues
     }
 
-    fn take<'s>(&'s self, dest: &'s Destination, queues: &mut BTreeSet<u64>, work: &mut VecDeque<&'s str>, matched: &mut bool) {
+    fn take<'s>(
+        &'s self,
+        dest: &'s Destination,
+        queues: &mut BTreeSet<u64>,
+        work: &mut VecDeque<&'s str>,
+        matched: &mut bool,
+    ) {
         *matched = true;
         match dest {
             Destination::Queue(q) => {

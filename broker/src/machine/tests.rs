@@ -20,11 +20,19 @@ pub(crate) mod testkit {
     use bytes::Bytes;
 
     pub fn conn(seq: u64) -> ConnId {
-        ConnId { node: 1, epoch: 1, seq }
+        ConnId {
+            node: 1,
+            epoch: 1,
+            seq,
+        }
     }
 
     pub fn chan(seq: u64, number: u16) -> ChannelRef {
-        ChannelRef { conn: conn(seq), number, generation: 0 }
+        ChannelRef {
+            conn: conn(seq),
+            number,
+            generation: 0,
+        }
     }
 
     pub fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
@@ -44,11 +52,20 @@ pub(crate) mod testkit {
     }
 
     pub fn encode_props(p: &AMQPProperties) -> Bytes {
-        Bytes::from(gen_properties(p)(WriteContext::from(Vec::new())).expect("encodes").write)
+        Bytes::from(
+            gen_properties(p)(WriteContext::from(Vec::new()))
+                .expect("encodes")
+                .write,
+        )
     }
 
     pub fn props_headers(raw: &[u8]) -> FieldTable {
-        parse_properties(raw).expect("parses").1.headers().clone().unwrap_or_default()
+        parse_properties(raw)
+            .expect("parses")
+            .1
+            .headers()
+            .clone()
+            .unwrap_or_default()
     }
 
     pub fn props_of(raw: &[u8]) -> AMQPProperties {
@@ -74,12 +91,22 @@ pub(crate) mod testkit {
 
     impl Broker {
         pub fn new() -> Broker {
-            Broker { state: State::new(), index: 0, now_ms: 1_000_000 }
+            Broker {
+                state: State::new(),
+                index: 0,
+                now_ms: 1_000_000,
+            }
         }
 
         pub fn run(&mut self, commands: Vec<Command>) -> Vec<Effect> {
             self.index += 1;
-            self.state.apply(self.index, &Entry { now_ms: self.now_ms, commands })
+            self.state.apply(
+                self.index,
+                &Entry {
+                    now_ms: self.now_ms,
+                    commands,
+                },
+            )
         }
 
         pub fn one(&mut self, command: Command) -> Vec<Effect> {
@@ -118,7 +145,12 @@ pub(crate) mod testkit {
         declare_exchange_args(ch, exchange, kind, FieldTable::default())
     }
 
-    pub fn declare_exchange_args(ch: ChannelRef, exchange: &str, kind: &str, arguments: FieldTable) -> Command {
+    pub fn declare_exchange_args(
+        ch: ChannelRef,
+        exchange: &str,
+        kind: &str,
+        arguments: FieldTable,
+    ) -> Command {
         Command::ExchangeDeclare {
             ch,
             exchange: exchange.into(),
@@ -136,14 +168,40 @@ pub(crate) mod testkit {
         bind_args(ch, queue, exchange, routing_key, FieldTable::default())
     }
 
-    pub fn bind_args(ch: ChannelRef, queue: &str, exchange: &str, routing_key: &str, arguments: FieldTable) -> Command {
-        Command::QueueBind { ch, queue: queue.into(), exchange: exchange.into(), routing_key: routing_key.into(), nowait: false, arguments }
+    pub fn bind_args(
+        ch: ChannelRef,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Command {
+        Command::QueueBind {
+            ch,
+            queue: queue.into(),
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            nowait: false,
+            arguments,
+        }
     }
 
-    pub fn publish_msg(ch: ChannelRef, exchange: &str, routing_key: &str, message: PublishedMessage, confirm_seq: Option<u64>, mandatory: bool) -> Command {
+    pub fn publish_msg(
+        ch: ChannelRef,
+        exchange: &str,
+        routing_key: &str,
+        message: PublishedMessage,
+        confirm_seq: Option<u64>,
+        mandatory: bool,
+    ) -> Command {
         Command::Publish {
             ch,
-            publish: Publish { exchange: exchange.into(), routing_key: routing_key.into(), mandatory, confirm_seq, message },
+            publish: Publish {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                mandatory,
+                confirm_seq,
+                message,
+            },
         }
     }
 
@@ -165,26 +223,54 @@ pub(crate) mod testkit {
     }
 
     pub fn ack(ch: ChannelRef, delivery_tag: u64, multiple: bool) -> Command {
-        Command::Settle { ch, settle: Settle::Ack { delivery_tag, multiple } }
+        Command::Settle {
+            ch,
+            settle: Settle::Ack {
+                delivery_tag,
+                multiple,
+            },
+        }
     }
 
     pub fn nack(ch: ChannelRef, delivery_tag: u64, multiple: bool, requeue: bool) -> Command {
-        Command::Settle { ch, settle: Settle::Nack { delivery_tag, multiple, requeue } }
+        Command::Settle {
+            ch,
+            settle: Settle::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            },
+        }
     }
 
     pub fn get(ch: ChannelRef, queue: &str, no_ack: bool) -> Command {
-        Command::Get { ch, queue: queue.into(), no_ack }
+        Command::Get {
+            ch,
+            queue: queue.into(),
+            no_ack,
+        }
     }
 
     pub fn qos(ch: ChannelRef, prefetch_count: u16, global: bool) -> Command {
-        Command::Qos { ch, prefetch_size: 0, prefetch_count, global }
+        Command::Qos {
+            ch,
+            prefetch_size: 0,
+            prefetch_count,
+            global,
+        }
     }
 
     /// (channel, consumer tag, delivery tag, redelivered, body) of every basic.deliver.
     pub fn deliveries(fx: &[Effect]) -> Vec<(ChannelRef, String, u64, bool, String)> {
         fx.iter()
             .filter_map(|e| match e {
-                Effect::Deliver { ch, consumer_tag, delivery_tag, redelivered, message } => Some((
+                Effect::Deliver {
+                    ch,
+                    consumer_tag,
+                    delivery_tag,
+                    redelivered,
+                    message,
+                } => Some((
                     *ch,
                     consumer_tag.clone(),
                     *delivery_tag,
@@ -199,7 +285,9 @@ pub(crate) mod testkit {
     pub fn bodies(fx: &[Effect]) -> Vec<String> {
         fx.iter()
             .filter_map(|e| match e {
-                Effect::Deliver { message, .. } | Effect::GetOk { message, .. } => Some(String::from_utf8_lossy(&message.body).into_owned()),
+                Effect::Deliver { message, .. } | Effect::GetOk { message, .. } => {
+                    Some(String::from_utf8_lossy(&message.body).into_owned())
+                }
                 _ => None,
             })
             .collect()
@@ -217,14 +305,26 @@ pub(crate) mod testkit {
     /// The (code, text, class, method) of the first channel error.
     pub fn channel_error(fx: &[Effect]) -> Option<(u16, String, u16, u16)> {
         fx.iter().find_map(|e| match e {
-            Effect::ChannelError { reply_code, reply_text, class_id, method_id, .. } => Some((*reply_code, reply_text.clone(), *class_id, *method_id)),
+            Effect::ChannelError {
+                reply_code,
+                reply_text,
+                class_id,
+                method_id,
+                ..
+            } => Some((*reply_code, reply_text.clone(), *class_id, *method_id)),
             _ => None,
         })
     }
 
     pub fn connection_error(fx: &[Effect]) -> Option<(u16, String, u16, u16)> {
         fx.iter().find_map(|e| match e {
-            Effect::ConnectionError { reply_code, reply_text, class_id, method_id, .. } => Some((*reply_code, reply_text.clone(), *class_id, *method_id)),
+            Effect::ConnectionError {
+                reply_code,
+                reply_text,
+                class_id,
+                method_id,
+                ..
+            } => Some((*reply_code, reply_text.clone(), *class_id, *method_id)),
             _ => None,
         })
     }
@@ -246,7 +346,8 @@ pub(crate) mod testkit {
 
     pub fn with_expiration(body: &str, ms: u64) -> PublishedMessage {
         let mut m = message(body);
-        m.properties = encode_props(&AMQPProperties::default().with_expiration(ms.to_string().into()));
+        m.properties =
+            encode_props(&AMQPProperties::default().with_expiration(ms.to_string().into()));
         m.expiration_ms = Some(ms);
         m
     }
@@ -259,7 +360,15 @@ pub(crate) mod testkit {
     }
 }
 
-const C: ChannelRef = ChannelRef { conn: ConnId { node: 1, epoch: 1, seq: 1 }, number: 1, generation: 0 };
+const C: ChannelRef = ChannelRef {
+    conn: ConnId {
+        node: 1,
+        epoch: 1,
+        seq: 1,
+    },
+    number: 1,
+    generation: 0,
+};
 
 fn err_code(fx: &[Effect]) -> u16 {
     channel_error(fx).map(|e| e.0).unwrap_or(0)
@@ -341,31 +450,91 @@ fn topic_star_matches_one_word_and_hash_zero_or_more() {
 #[test]
 fn headers_exchange_matches_all_any_ignores_x_keys_and_void_means_present() {
     let msg = table(&[("a", s("1")), ("b", i(2)), ("x-y", s("z"))]);
-    assert!(headers_match(&table(&[("a", s("1")), ("b", AMQPValue::LongInt(2))]), Some(&msg)));
-    assert!(!headers_match(&table(&[("a", s("1")), ("c", s("3"))]), Some(&msg)));
-    assert!(headers_match(&table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]), Some(&msg)));
-    assert!(!headers_match(&table(&[("x-match", s("any")), ("c", s("3"))]), Some(&msg)));
+    assert!(headers_match(
+        &table(&[("a", s("1")), ("b", AMQPValue::LongInt(2))]),
+        Some(&msg)
+    ));
+    assert!(!headers_match(
+        &table(&[("a", s("1")), ("c", s("3"))]),
+        Some(&msg)
+    ));
+    assert!(headers_match(
+        &table(&[("x-match", s("any")), ("a", s("1")), ("c", s("3"))]),
+        Some(&msg)
+    ));
+    assert!(!headers_match(
+        &table(&[("x-match", s("any")), ("c", s("3"))]),
+        Some(&msg)
+    ));
     // x- keys are ignored by all/any, compared by all-with-x / any-with-x.
-    assert!(headers_match(&table(&[("a", s("1")), ("x-y", s("nope"))]), Some(&msg)));
-    assert!(!headers_match(&table(&[("x-match", s("all-with-x")), ("a", s("1")), ("x-y", s("nope"))]), Some(&msg)));
-    assert!(headers_match(&table(&[("x-match", s("any-with-x")), ("x-y", s("z"))]), Some(&msg)));
-    assert!(!headers_match(&table(&[("x-match", s("any")), ("x-y", s("z"))]), Some(&msg)));
+    assert!(headers_match(
+        &table(&[("a", s("1")), ("x-y", s("nope"))]),
+        Some(&msg)
+    ));
+    assert!(!headers_match(
+        &table(&[
+            ("x-match", s("all-with-x")),
+            ("a", s("1")),
+            ("x-y", s("nope"))
+        ]),
+        Some(&msg)
+    ));
+    assert!(headers_match(
+        &table(&[("x-match", s("any-with-x")), ("x-y", s("z"))]),
+        Some(&msg)
+    ));
+    assert!(!headers_match(
+        &table(&[("x-match", s("any")), ("x-y", s("z"))]),
+        Some(&msg)
+    ));
     // Void binding value: presence.
     assert!(headers_match(&table(&[("b", AMQPValue::Void)]), Some(&msg)));
-    assert!(!headers_match(&table(&[("c", AMQPValue::Void)]), Some(&msg)));
+    assert!(!headers_match(
+        &table(&[("c", AMQPValue::Void)]),
+        Some(&msg)
+    ));
     // all with nothing to compare matches; any does not.
     assert!(headers_match(&table(&[]), None));
     assert!(!headers_match(&table(&[("x-match", s("any"))]), None));
 
     let mut b = Broker::new();
     b.queue(C, "q");
-    b.one(bind_args(C, "q", "amq.headers", "", table(&[("format", s("pdf"))])));
-    b.one(publish_msg(C, "amq.headers", "", with_headers("a", table(&[("format", s("pdf"))])), None, false));
-    b.one(publish_msg(C, "amq.headers", "", with_headers("b", table(&[("format", s("zip"))])), None, false));
+    b.one(bind_args(
+        C,
+        "q",
+        "amq.headers",
+        "",
+        table(&[("format", s("pdf"))]),
+    ));
+    b.one(publish_msg(
+        C,
+        "amq.headers",
+        "",
+        with_headers("a", table(&[("format", s("pdf"))])),
+        None,
+        false,
+    ));
+    b.one(publish_msg(
+        C,
+        "amq.headers",
+        "",
+        with_headers("b", table(&[("format", s("zip"))])),
+        None,
+        false,
+    ));
     assert_eq!(b.ready("q"), 1);
     // x-match must be one of the four modes
-    let fx = b.one(bind_args(C, "q", "amq.match", "", table(&[("x-match", s("some"))])));
-    assert_eq!(channel_error(&fx).map(|e| (e.0, e.2, e.3)), Some((406, 50, 20)));
+    let fx = b.one(bind_args(
+        C,
+        "q",
+        "amq.match",
+        "",
+        table(&[("x-match", s("some"))]),
+    ));
+    assert_eq!(
+        channel_error(&fx).map(|e| (e.0, e.2, e.3)),
+        Some((406, 50, 20))
+    );
 }
 
 /// https://www.rabbitmq.com/docs/e2e
@@ -385,7 +554,14 @@ fn exchange_to_exchange_bindings_are_followed_and_queues_get_one_copy() {
     });
     assert_eq!(replies(&fx), vec![Reply::ExchangeBindOk]);
     // a cycle x2 -> x1 must not loop
-    b.one(Command::ExchangeBind { ch: C, destination: "x1".into(), source: "x2".into(), routing_key: "".into(), nowait: false, arguments: FieldTable::default() });
+    b.one(Command::ExchangeBind {
+        ch: C,
+        destination: "x1".into(),
+        source: "x2".into(),
+        routing_key: "".into(),
+        nowait: false,
+        arguments: FieldTable::default(),
+    });
     b.one(bind(C, "q", "x1", ""));
     b.one(bind(C, "q", "x2", ""));
     b.one(publish(C, "x1", "k", "a"));
@@ -397,7 +573,12 @@ fn exchange_to_exchange_bindings_are_followed_and_queues_get_one_copy() {
 fn alternate_exchange_receives_what_the_exchange_cannot_route() {
     let mut b = Broker::new();
     b.one(declare_exchange(C, "ae", "fanout"));
-    b.one(declare_exchange_args(C, "main", "direct", table(&[("alternate-exchange", s("ae"))])));
+    b.one(declare_exchange_args(
+        C,
+        "main",
+        "direct",
+        table(&[("alternate-exchange", s("ae"))]),
+    ));
     b.queue(C, "unrouted");
     b.queue(C, "routed");
     b.one(bind(C, "unrouted", "ae", ""));
@@ -426,11 +607,21 @@ fn internal_exchange_refuses_publish_but_routes_through() {
     b.one(declare_exchange(C, "front", "fanout"));
     b.queue(C, "q");
     b.one(bind(C, "q", "int", ""));
-    b.one(Command::ExchangeBind { ch: C, destination: "int".into(), source: "front".into(), routing_key: "".into(), nowait: false, arguments: FieldTable::default() });
+    b.one(Command::ExchangeBind {
+        ch: C,
+        destination: "int".into(),
+        source: "front".into(),
+        routing_key: "".into(),
+        nowait: false,
+        arguments: FieldTable::default(),
+    });
     b.one(publish(C, "front", "", "a"));
     assert_eq!(b.ready("q"), 1);
     let fx = b.one(publish(C, "int", "", "b"));
-    assert_eq!(channel_error(&fx).map(|e| (e.0, e.2, e.3)), Some((403, 60, 40)));
+    assert_eq!(
+        channel_error(&fx).map(|e| (e.0, e.2, e.3)),
+        Some((403, 60, 40))
+    );
 }
 
 // ---------------------------------------------------------------- exchanges
@@ -448,9 +639,28 @@ fn exchange_names_starting_with_amq_are_reserved_but_built_ins_redeclare() {
     }
     assert_eq!(replies(&b.one(d)), vec![Reply::ExchangeDeclareOk]);
     let c3 = chan(1, 3);
-    assert_eq!(err_code(&b.one(declare_exchange(c3, "amq.direct", "fanout"))), 406);
-    assert_eq!(err_code(&b.one(Command::ExchangeDelete { ch: chan(1, 4), exchange: "amq.fanout".into(), if_unused: false, nowait: false })), 403);
-    assert_eq!(err_code(&b.one(Command::ExchangeDelete { ch: chan(1, 5), exchange: "".into(), if_unused: false, nowait: false })), 403);
+    assert_eq!(
+        err_code(&b.one(declare_exchange(c3, "amq.direct", "fanout"))),
+        406
+    );
+    assert_eq!(
+        err_code(&b.one(Command::ExchangeDelete {
+            ch: chan(1, 4),
+            exchange: "amq.fanout".into(),
+            if_unused: false,
+            nowait: false
+        })),
+        403
+    );
+    assert_eq!(
+        err_code(&b.one(Command::ExchangeDelete {
+            ch: chan(1, 5),
+            exchange: "".into(),
+            if_unused: false,
+            nowait: false
+        })),
+        403
+    );
 }
 
 /// https://www.rabbitmq.com/amqp-0-9-1-reference#exchange.declare.type (503 command-invalid)
@@ -476,7 +686,10 @@ fn exchange_redeclare_with_other_type_or_flags_is_precondition_failed() {
     let (code, text, _, _) = channel_error(&fx).unwrap();
     assert_eq!(code, 406);
     assert_eq!(text, "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'x' in vhost '/': received 'fanout' but current is 'direct'");
-    assert_eq!(replies(&b.one(declare_exchange(chan(1, 3), "x", "direct"))), vec![Reply::ExchangeDeclareOk]);
+    assert_eq!(
+        replies(&b.one(declare_exchange(chan(1, 3), "x", "direct"))),
+        vec![Reply::ExchangeDeclareOk]
+    );
 }
 
 /// https://www.rabbitmq.com/amqp-0-9-1-reference#exchange.declare.passive
@@ -494,20 +707,44 @@ fn passive_exchange_declare_of_missing_exchange_is_not_found() {
         nowait: false,
         arguments: FieldTable::default(),
     });
-    assert_eq!(channel_error(&fx).unwrap().1, "NOT_FOUND - no exchange 'nope' in vhost '/'");
+    assert_eq!(
+        channel_error(&fx).unwrap().1,
+        "NOT_FOUND - no exchange 'nope' in vhost '/'"
+    );
 }
 
 /// https://www.rabbitmq.com/amqp-0-9-1-reference#exchange.delete (RabbitMQ 3.x: idempotent)
 #[test]
 fn exchange_delete_is_idempotent_and_if_unused_refuses_bound_exchange() {
     let mut b = Broker::new();
-    assert_eq!(replies(&b.one(Command::ExchangeDelete { ch: C, exchange: "nope".into(), if_unused: false, nowait: false })), vec![Reply::ExchangeDeleteOk]);
+    assert_eq!(
+        replies(&b.one(Command::ExchangeDelete {
+            ch: C,
+            exchange: "nope".into(),
+            if_unused: false,
+            nowait: false
+        })),
+        vec![Reply::ExchangeDeleteOk]
+    );
     b.one(declare_exchange(C, "x", "direct"));
     b.queue(C, "q");
     b.one(bind(C, "q", "x", "k"));
-    assert_eq!(err_code(&b.one(Command::ExchangeDelete { ch: C, exchange: "x".into(), if_unused: true, nowait: false })), 406);
+    assert_eq!(
+        err_code(&b.one(Command::ExchangeDelete {
+            ch: C,
+            exchange: "x".into(),
+            if_unused: true,
+            nowait: false
+        })),
+        406
+    );
     let c2 = chan(1, 2);
-    b.one(Command::ExchangeDelete { ch: c2, exchange: "x".into(), if_unused: false, nowait: false });
+    b.one(Command::ExchangeDelete {
+        ch: c2,
+        exchange: "x".into(),
+        if_unused: false,
+        nowait: false,
+    });
     assert!(!b.state.exchanges.contains_key("x"));
     assert!(b.state.bindings_by_dest.is_empty());
 }
@@ -524,10 +761,22 @@ fn auto_delete_exchange_is_deleted_with_its_last_binding() {
     b.queue(C, "q");
     b.one(bind(C, "q", "ad", "k1"));
     b.one(bind(C, "q", "ad", "k2"));
-    b.one(Command::QueueUnbind { ch: C, queue: "q".into(), exchange: "ad".into(), routing_key: "k1".into(), arguments: FieldTable::default() });
+    b.one(Command::QueueUnbind {
+        ch: C,
+        queue: "q".into(),
+        exchange: "ad".into(),
+        routing_key: "k1".into(),
+        arguments: FieldTable::default(),
+    });
     assert!(b.state.exchanges.contains_key("ad"));
     // Deleting the bound queue removes the last binding.
-    b.one(Command::QueueDelete { ch: C, queue: "q".into(), if_unused: false, if_empty: false, nowait: false });
+    b.one(Command::QueueDelete {
+        ch: C,
+        queue: "q".into(),
+        if_unused: false,
+        if_empty: false,
+        nowait: false,
+    });
     assert!(!b.state.exchanges.contains_key("ad"));
 }
 
@@ -548,7 +797,10 @@ fn queue_declare_passive_missing_is_not_found_and_ok_carries_counts() {
         nowait: false,
         arguments: FieldTable::default(),
     };
-    assert_eq!(channel_error(&b.one(passive(C, "q"))).unwrap().1, "NOT_FOUND - no queue 'q' in vhost '/'");
+    assert_eq!(
+        channel_error(&b.one(passive(C, "q"))).unwrap().1,
+        "NOT_FOUND - no queue 'q' in vhost '/'"
+    );
     let c2 = chan(1, 2);
     b.queue(c2, "q");
     b.one(publish(c2, "", "q", "a"));
@@ -556,7 +808,14 @@ fn queue_declare_passive_missing_is_not_found_and_ok_carries_counts() {
     b.one(qos(chan(1, 3), 1, false));
     b.one(consume(chan(1, 3), "q", "t", false));
     let fx = b.one(passive(c2, "q"));
-    assert_eq!(replies(&fx), vec![Reply::QueueDeclareOk { queue: "q".into(), message_count: 1, consumer_count: 1 }]);
+    assert_eq!(
+        replies(&fx),
+        vec![Reply::QueueDeclareOk {
+            queue: "q".into(),
+            message_count: 1,
+            consumer_count: 1
+        }]
+    );
 }
 
 /// https://www.rabbitmq.com/docs/queues#property-equivalence
@@ -571,11 +830,26 @@ fn queue_redeclare_with_other_properties_or_arguments_is_precondition_failed() {
     let (code, text, class, method) = channel_error(&b.one(d)).unwrap();
     assert_eq!((code, class, method), (406, 50, 10));
     assert_eq!(text, "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true' but current is 'false'");
-    let fx = b.one(declare_queue(chan(1, 2), "q", table(&[("x-message-ttl", i(5))])));
+    let fx = b.one(declare_queue(
+        chan(1, 2),
+        "q",
+        table(&[("x-message-ttl", i(5))]),
+    ));
     assert_eq!(err_code(&fx), 406);
     // the same arguments with another integer width are equivalent
-    b.one(declare_queue(chan(1, 3), "t", table(&[("x-message-ttl", AMQPValue::LongInt(5))])));
-    assert_eq!(err_code(&b.one(declare_queue(chan(1, 3), "t", table(&[("x-message-ttl", i(5))])))), 0);
+    b.one(declare_queue(
+        chan(1, 3),
+        "t",
+        table(&[("x-message-ttl", AMQPValue::LongInt(5))]),
+    ));
+    assert_eq!(
+        err_code(&b.one(declare_queue(
+            chan(1, 3),
+            "t",
+            table(&[("x-message-ttl", i(5))])
+        ))),
+        0
+    );
 }
 
 /// https://www.rabbitmq.com/docs/queues#optional-arguments (invalid values are refused with 406)
@@ -592,15 +866,32 @@ fn queue_declare_with_invalid_arguments_is_precondition_failed() {
     ];
     for (n, (key, value)) in bad.into_iter().enumerate() {
         let mut b = Broker::new();
-        let fx = b.one(declare_queue(chan(1, n as u16 + 1), "q", table(&[(key, value)])));
+        let fx = b.one(declare_queue(
+            chan(1, n as u16 + 1),
+            "q",
+            table(&[(key, value)]),
+        ));
         let (code, text, _, _) = channel_error(&fx).expect(key);
         assert_eq!(code, 406, "{key}");
-        assert!(text.contains(&format!("invalid arg '{key}' for queue 'q' in vhost '/'")), "{text}");
+        assert!(
+            text.contains(&format!("invalid arg '{key}' for queue 'q' in vhost '/'")),
+            "{text}"
+        );
     }
     let mut b = Broker::new();
-    assert_eq!(err_code(&b.one(declare_queue(C, "q", table(&[("x-max-priority", i(255))])))), 0);
+    assert_eq!(
+        err_code(&b.one(declare_queue(C, "q", table(&[("x-max-priority", i(255))])))),
+        0
+    );
     // quorum queues must be durable (and not exclusive, not auto-delete)
-    assert_eq!(err_code(&b.one(declare_queue(chan(1, 2), "qq", table(&[("x-queue-type", s("quorum"))])))), 406);
+    assert_eq!(
+        err_code(&b.one(declare_queue(
+            chan(1, 2),
+            "qq",
+            table(&[("x-queue-type", s("quorum"))])
+        ))),
+        406
+    );
     let mut d = declare_queue(chan(1, 3), "qq", table(&[("x-queue-type", s("quorum"))]));
     if let Command::QueueDeclare { durable, .. } = &mut d {
         *durable = true;
@@ -624,7 +915,14 @@ fn queue_names_starting_with_amq_are_reserved_unless_server_named() {
         nowait: false,
         arguments: FieldTable::default(),
     });
-    assert_eq!(replies(&fx), vec![Reply::QueueDeclareOk { queue: "amq.gen-abc".into(), message_count: 0, consumer_count: 0 }]);
+    assert_eq!(
+        replies(&fx),
+        vec![Reply::QueueDeclareOk {
+            queue: "amq.gen-abc".into(),
+            message_count: 0,
+            consumer_count: 0
+        }]
+    );
 }
 
 fn exclusive_queue(ch: ChannelRef, name: &str) -> Command {
@@ -650,13 +948,28 @@ fn exclusive_queue_is_locked_to_its_connection_and_deleted_with_it() {
     let fx = b.one(exclusive_queue(other, "ex"));
     let (code, text, _, _) = channel_error(&fx).unwrap();
     assert_eq!(code, 405);
-    assert!(text.starts_with("RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'ex' in vhost '/'"), "{text}");
+    assert!(
+        text.starts_with(
+            "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue 'ex' in vhost '/'"
+        ),
+        "{text}"
+    );
     for (n, cmd) in [
         consume(chan(2, 2), "ex", "t", false),
         get(chan(2, 3), "ex", false),
         bind(chan(2, 4), "ex", "amq.direct", "k"),
-        Command::QueuePurge { ch: chan(2, 5), queue: "ex".into(), nowait: false },
-        Command::QueueDelete { ch: chan(2, 6), queue: "ex".into(), if_unused: false, if_empty: false, nowait: false },
+        Command::QueuePurge {
+            ch: chan(2, 5),
+            queue: "ex".into(),
+            nowait: false,
+        },
+        Command::QueueDelete {
+            ch: chan(2, 6),
+            queue: "ex".into(),
+            if_unused: false,
+            if_empty: false,
+            nowait: false,
+        },
     ]
     .into_iter()
     .enumerate()
@@ -682,10 +995,23 @@ fn auto_delete_queue_goes_when_its_last_consumer_is_cancelled() {
     assert!(b.state.queue("ad").is_some(), "never had a consumer");
     b.one(consume(C, "ad", "t1", false));
     b.one(consume(C, "ad", "t2", false));
-    b.one(Command::Cancel { ch: C, consumer_tag: "t1".into(), nowait: false });
+    b.one(Command::Cancel {
+        ch: C,
+        consumer_tag: "t1".into(),
+        nowait: false,
+    });
     assert!(b.state.queue("ad").is_some());
-    let fx = b.one(Command::Cancel { ch: C, consumer_tag: "t2".into(), nowait: false });
-    assert_eq!(replies(&fx), vec![Reply::CancelOk { consumer_tag: "t2".into() }]);
+    let fx = b.one(Command::Cancel {
+        ch: C,
+        consumer_tag: "t2".into(),
+        nowait: false,
+    });
+    assert_eq!(
+        replies(&fx),
+        vec![Reply::CancelOk {
+            consumer_tag: "t2".into()
+        }]
+    );
     assert!(b.state.queue("ad").is_none());
 }
 
@@ -694,10 +1020,24 @@ fn auto_delete_queue_goes_when_its_last_consumer_is_cancelled() {
 fn binding_needs_existing_queue_and_exchange_and_not_the_default_exchange() {
     let mut b = Broker::new();
     b.queue(C, "q");
-    assert_eq!(channel_error(&b.one(bind(C, "q", "nope", "k"))).unwrap().1, "NOT_FOUND - no exchange 'nope' in vhost '/'");
-    assert_eq!(channel_error(&b.one(bind(chan(1, 2), "nope", "amq.direct", "k"))).unwrap().1, "NOT_FOUND - no queue 'nope' in vhost '/'");
+    assert_eq!(
+        channel_error(&b.one(bind(C, "q", "nope", "k"))).unwrap().1,
+        "NOT_FOUND - no exchange 'nope' in vhost '/'"
+    );
+    assert_eq!(
+        channel_error(&b.one(bind(chan(1, 2), "nope", "amq.direct", "k")))
+            .unwrap()
+            .1,
+        "NOT_FOUND - no queue 'nope' in vhost '/'"
+    );
     assert_eq!(err_code(&b.one(bind(chan(1, 3), "q", "", "k"))), 403);
-    let fx = b.one(Command::QueueUnbind { ch: chan(1, 4), queue: "q".into(), exchange: "amq.direct".into(), routing_key: "never".into(), arguments: FieldTable::default() });
+    let fx = b.one(Command::QueueUnbind {
+        ch: chan(1, 4),
+        queue: "q".into(),
+        exchange: "amq.direct".into(),
+        routing_key: "never".into(),
+        arguments: FieldTable::default(),
+    });
     assert_eq!(replies(&fx), vec![Reply::QueueUnbindOk]);
     // bindings are idempotent
     b.one(bind(chan(1, 4), "q", "amq.direct", "k"));
@@ -709,20 +1049,59 @@ fn binding_needs_existing_queue_and_exchange_and_not_the_default_exchange() {
 #[test]
 fn queue_delete_checks_if_unused_and_if_empty_and_cancels_consumers() {
     let mut b = Broker::new();
-    let fx = b.one(Command::QueueDelete { ch: C, queue: "nope".into(), if_unused: false, if_empty: false, nowait: false });
-    assert_eq!(replies(&fx), vec![Reply::QueueDeleteOk { message_count: 0 }]);
+    let fx = b.one(Command::QueueDelete {
+        ch: C,
+        queue: "nope".into(),
+        if_unused: false,
+        if_empty: false,
+        nowait: false,
+    });
+    assert_eq!(
+        replies(&fx),
+        vec![Reply::QueueDeleteOk { message_count: 0 }]
+    );
     b.queue(C, "q");
     b.one(publish(C, "", "q", "a"));
     let c2 = chan(1, 2);
-    assert_eq!(err_code(&b.one(Command::QueueDelete { ch: c2, queue: "q".into(), if_unused: false, if_empty: true, nowait: false })), 406);
+    assert_eq!(
+        err_code(&b.one(Command::QueueDelete {
+            ch: c2,
+            queue: "q".into(),
+            if_unused: false,
+            if_empty: true,
+            nowait: false
+        })),
+        406
+    );
     let c3 = chan(1, 3);
     b.one(consume(c3, "q", "t", false));
     b.one(publish(C, "", "q", "b"));
     let c4 = chan(1, 4);
-    assert_eq!(err_code(&b.one(Command::QueueDelete { ch: c4, queue: "q".into(), if_unused: true, if_empty: false, nowait: false })), 406);
-    let fx = b.one(Command::QueueDelete { ch: C, queue: "q".into(), if_unused: false, if_empty: false, nowait: false });
-    assert!(fx.contains(&Effect::CancelConsumer { ch: c3, consumer_tag: "t".into() }));
-    assert_eq!(replies(&fx), vec![Reply::QueueDeleteOk { message_count: 0 }]);
+    assert_eq!(
+        err_code(&b.one(Command::QueueDelete {
+            ch: c4,
+            queue: "q".into(),
+            if_unused: true,
+            if_empty: false,
+            nowait: false
+        })),
+        406
+    );
+    let fx = b.one(Command::QueueDelete {
+        ch: C,
+        queue: "q".into(),
+        if_unused: false,
+        if_empty: false,
+        nowait: false,
+    });
+    assert!(fx.contains(&Effect::CancelConsumer {
+        ch: c3,
+        consumer_tag: "t".into()
+    }));
+    assert_eq!(
+        replies(&fx),
+        vec![Reply::QueueDeleteOk { message_count: 0 }]
+    );
     assert!(b.state.consumers.is_empty());
     // the unacked deliveries of the deleted queue are discarded; acking them is harmless
     assert_eq!(err_code(&b.one(ack(c3, 2, false))), 0);
@@ -738,7 +1117,11 @@ fn purge_removes_ready_messages_only() {
         b.one(publish(C, "", "q", &n.to_string()));
     }
     b.one(get(C, "q", false));
-    let fx = b.one(Command::QueuePurge { ch: C, queue: "q".into(), nowait: false });
+    let fx = b.one(Command::QueuePurge {
+        ch: C,
+        queue: "q".into(),
+        nowait: false,
+    });
     assert_eq!(replies(&fx), vec![Reply::QueuePurgeOk { message_count: 2 }]);
     assert_eq!(b.state.queue("q").unwrap().unacked_count, 1);
 }
@@ -759,7 +1142,10 @@ fn publish_to_missing_exchange_closes_channel_and_later_commands_are_ignored() {
     assert_eq!((code, class, method), (404, 60, 40));
     assert_eq!(text, "NOT_FOUND - no exchange 'nope' in vhost '/'");
     assert!(b.state.errored_channels.contains(&C));
-    assert_eq!(replies(&b.one(Command::ChannelClosed { ch: C })), vec![Reply::ChannelCloseOk]);
+    assert_eq!(
+        replies(&b.one(Command::ChannelClosed { ch: C })),
+        vec![Reply::ChannelCloseOk]
+    );
     assert!(b.state.errored_channels.is_empty());
     // A new opening of the channel number is a new ChannelRef.
     let reopened = ChannelRef { generation: 1, ..C };
@@ -770,21 +1156,61 @@ fn publish_to_missing_exchange_closes_channel_and_later_commands_are_ignored() {
 #[test]
 fn mandatory_unroutable_publish_is_returned_before_its_confirm() {
     let mut b = Broker::new();
-    let fx = b.one(publish_msg(C, "amq.direct", "nowhere", message("a"), Some(7), true));
-    assert!(matches!(&fx[0], Effect::Return { reply_code: 312, reply_text, .. } if reply_text == "NO_ROUTE"));
-    assert_eq!(fx[1], Effect::Confirm { ch: C, seq: 7, ack: true });
+    let fx = b.one(publish_msg(
+        C,
+        "amq.direct",
+        "nowhere",
+        message("a"),
+        Some(7),
+        true,
+    ));
+    assert!(
+        matches!(&fx[0], Effect::Return { reply_code: 312, reply_text, .. } if reply_text == "NO_ROUTE")
+    );
+    assert_eq!(
+        fx[1],
+        Effect::Confirm {
+            ch: C,
+            seq: 7,
+            ack: true
+        }
+    );
     assert_eq!(fx.len(), 2);
-    let fx = b.one(publish_msg(C, "amq.direct", "nowhere", message("a"), Some(8), false));
-    assert_eq!(fx, vec![Effect::Confirm { ch: C, seq: 8, ack: true }]);
+    let fx = b.one(publish_msg(
+        C,
+        "amq.direct",
+        "nowhere",
+        message("a"),
+        Some(8),
+        false,
+    ));
+    assert_eq!(
+        fx,
+        vec![Effect::Confirm {
+            ch: C,
+            seq: 8,
+            ack: true
+        }]
+    );
 }
 
 /// https://www.rabbitmq.com/docs/maxlength#overflow-behaviour (reject-publish nacks)
 #[test]
 fn reject_publish_overflow_nacks_the_publish() {
     let mut b = Broker::new();
-    b.one(declare_queue(C, "q", table(&[("x-max-length", i(1)), ("x-overflow", s("reject-publish"))])));
-    assert_eq!(confirms(&b.one(publish_msg(C, "", "q", message("a"), Some(1), false))), vec![(1, true)]);
-    assert_eq!(confirms(&b.one(publish_msg(C, "", "q", message("b"), Some(2), false))), vec![(2, false)]);
+    b.one(declare_queue(
+        C,
+        "q",
+        table(&[("x-max-length", i(1)), ("x-overflow", s("reject-publish"))]),
+    ));
+    assert_eq!(
+        confirms(&b.one(publish_msg(C, "", "q", message("a"), Some(1), false))),
+        vec![(1, true)]
+    );
+    assert_eq!(
+        confirms(&b.one(publish_msg(C, "", "q", message("b"), Some(2), false))),
+        vec![(2, false)]
+    );
     assert_eq!(b.ready("q"), 1);
 }
 
@@ -795,7 +1221,11 @@ fn max_length_drops_from_the_head_and_dead_letters_maxlen() {
     b.one(declare_exchange(C, "dlx", "fanout"));
     b.queue(C, "dead");
     b.one(bind(C, "dead", "dlx", ""));
-    b.one(declare_queue(C, "q", table(&[("x-max-length", i(2)), ("x-dead-letter-exchange", s("dlx"))])));
+    b.one(declare_queue(
+        C,
+        "q",
+        table(&[("x-max-length", i(2)), ("x-dead-letter-exchange", s("dlx"))]),
+    ));
     for n in 1..=3 {
         b.one(publish(C, "", "q", &n.to_string()));
     }
@@ -803,18 +1233,35 @@ fn max_length_drops_from_the_head_and_dead_letters_maxlen() {
     assert_eq!(bodies(&b.one(get(C, "q", true))), vec!["2"]);
     let fx = b.one(get(C, "dead", true));
     assert_eq!(bodies(&fx), vec!["1"]);
-    let Effect::GetOk { message: got, .. } = &fx[0] else { panic!() };
+    let Effect::GetOk { message: got, .. } = &fx[0] else {
+        panic!()
+    };
     let h = props_headers(&got.properties);
     assert_eq!(h.inner().get("x-first-death-reason"), Some(&s("maxlen")));
 
-    b.one(declare_queue(C, "bytes", table(&[("x-max-length-bytes", i(5))])));
+    b.one(declare_queue(
+        C,
+        "bytes",
+        table(&[("x-max-length-bytes", i(5))]),
+    ));
     b.one(publish(C, "", "bytes", "abc"));
     b.one(publish(C, "", "bytes", "def"));
     assert_eq!(b.ready("bytes"), 1);
     // reject-publish-dlx refuses and dead-letters the new message
-    b.one(declare_queue(C, "rp", table(&[("x-max-length", i(1)), ("x-overflow", s("reject-publish-dlx")), ("x-dead-letter-exchange", s("dlx"))])));
+    b.one(declare_queue(
+        C,
+        "rp",
+        table(&[
+            ("x-max-length", i(1)),
+            ("x-overflow", s("reject-publish-dlx")),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+    ));
     b.one(publish(C, "", "rp", "keep"));
-    assert_eq!(confirms(&b.one(publish_msg(C, "", "rp", message("refused"), Some(1), false))), vec![(1, false)]);
+    assert_eq!(
+        confirms(&b.one(publish_msg(C, "", "rp", message("refused"), Some(1), false))),
+        vec![(1, false)]
+    );
     assert_eq!(bodies(&b.one(get(C, "dead", true))), vec!["refused"]);
 }
 
@@ -827,44 +1274,90 @@ fn queue_message_ttl_expires_messages_on_tick_and_dead_letters_them_with_x_death
     b.one(declare_exchange(C, "dlx", "direct"));
     b.queue(C, "dead");
     b.one(bind(C, "dead", "dlx", "k"));
-    b.one(declare_queue(C, "q", table(&[("x-message-ttl", i(1000)), ("x-dead-letter-exchange", s("dlx"))])));
+    b.one(declare_queue(
+        C,
+        "q",
+        table(&[
+            ("x-message-ttl", i(1000)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+    ));
     b.one(publish(C, "", "k", "ignored"));
     b.one(publish(C, "", "q", "a"));
     b.tick(999);
     assert_eq!(b.ready("q"), 1);
-    b.one(Command::QueueBind { ch: C, queue: "dead".into(), exchange: "dlx".into(), routing_key: "q".into(), nowait: false, arguments: FieldTable::default() });
+    b.one(Command::QueueBind {
+        ch: C,
+        queue: "dead".into(),
+        exchange: "dlx".into(),
+        routing_key: "q".into(),
+        nowait: false,
+        arguments: FieldTable::default(),
+    });
     b.tick(1);
     assert_eq!((b.ready("q"), b.ready("dead")), (0, 1));
     let fx = b.one(get(C, "dead", true));
-    let Effect::GetOk { message, .. } = &fx[0] else { panic!("{fx:?}") };
+    let Effect::GetOk { message, .. } = &fx[0] else {
+        panic!("{fx:?}")
+    };
     assert_eq!(message.exchange, "dlx");
     assert_eq!(message.routing_key, "q");
     let h = props_headers(&message.properties);
-    let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else { panic!("{h:?}") };
-    let AMQPValue::FieldTable(d) = &deaths.as_slice()[0] else { panic!() };
+    let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else {
+        panic!("{h:?}")
+    };
+    let AMQPValue::FieldTable(d) = &deaths.as_slice()[0] else {
+        panic!()
+    };
     assert_eq!(d.inner().get("reason"), Some(&s("expired")));
     assert_eq!(d.inner().get("queue"), Some(&s("q")));
     assert_eq!(d.inner().get("exchange"), Some(&s("")));
     assert_eq!(d.inner().get("count"), Some(&i(1)));
     assert_eq!(d.inner().get("time"), Some(&AMQPValue::Timestamp(1001)));
-    let AMQPValue::FieldArray(keys) = d.inner().get("routing-keys").unwrap() else { panic!() };
+    let AMQPValue::FieldArray(keys) = d.inner().get("routing-keys").unwrap() else {
+        panic!()
+    };
     assert_eq!(keys.as_slice(), &[s("q")]);
 }
 
 /// https://www.rabbitmq.com/docs/ttl#per-message-ttl-in-publishers (min of both; expiration removed when dead-lettered)
 #[test]
-fn per_message_expiration_and_queue_ttl_take_the_smaller_and_expiration_is_removed_on_dead_lettering() {
+fn per_message_expiration_and_queue_ttl_take_the_smaller_and_expiration_is_removed_on_dead_lettering(
+) {
     let mut b = Broker::new();
     b.one(declare_exchange(C, "dlx", "fanout"));
     b.queue(C, "dead");
     b.one(bind(C, "dead", "dlx", ""));
-    b.one(declare_queue(C, "q", table(&[("x-message-ttl", i(5000)), ("x-dead-letter-exchange", s("dlx"))])));
-    b.one(publish_msg(C, "", "q", with_expiration("short", 100), None, false));
-    b.one(publish_msg(C, "", "q", with_expiration("long", 60_000), None, false));
+    b.one(declare_queue(
+        C,
+        "q",
+        table(&[
+            ("x-message-ttl", i(5000)),
+            ("x-dead-letter-exchange", s("dlx")),
+        ]),
+    ));
+    b.one(publish_msg(
+        C,
+        "",
+        "q",
+        with_expiration("short", 100),
+        None,
+        false,
+    ));
+    b.one(publish_msg(
+        C,
+        "",
+        "q",
+        with_expiration("long", 60_000),
+        None,
+        false,
+    ));
     b.tick(100);
     assert_eq!(b.ready("q"), 1);
     let fx = b.one(get(C, "dead", true));
-    let Effect::GetOk { message, .. } = &fx[0] else { panic!() };
+    let Effect::GetOk { message, .. } = &fx[0] else {
+        panic!()
+    };
     assert!(props_of(&message.properties).expiration().is_none());
     b.tick(4900);
     assert_eq!(b.ready("q"), 0);
@@ -896,7 +1389,11 @@ fn x_expires_deletes_an_unused_queue_but_not_one_with_consumers() {
     b.tick(1);
     assert!(b.state.queue("q").is_none());
     assert!(b.state.queue("busy").is_some());
-    b.one(Command::Cancel { ch: C, consumer_tag: "t".into(), nowait: false });
+    b.one(Command::Cancel {
+        ch: C,
+        consumer_tag: "t".into(),
+        nowait: false,
+    });
     b.tick(1000);
     assert!(b.state.queue("busy").is_none());
 }
@@ -908,16 +1405,34 @@ fn rejected_messages_are_dead_lettered_with_the_dead_letter_routing_key() {
     b.one(declare_exchange(C, "dlx", "direct"));
     b.queue(C, "dead");
     b.one(bind(C, "dead", "dlx", "dk"));
-    b.one(declare_queue(C, "q", table(&[("x-dead-letter-exchange", s("dlx")), ("x-dead-letter-routing-key", s("dk"))])));
+    b.one(declare_queue(
+        C,
+        "q",
+        table(&[
+            ("x-dead-letter-exchange", s("dlx")),
+            ("x-dead-letter-routing-key", s("dk")),
+        ]),
+    ));
     b.one(publish(C, "", "q", "a"));
     b.one(get(C, "q", false));
     b.one(nack(C, 1, false, false));
     let fx = b.one(get(C, "dead", true));
-    let Effect::GetOk { message, .. } = &fx[0] else { panic!("{fx:?}") };
+    let Effect::GetOk { message, .. } = &fx[0] else {
+        panic!("{fx:?}")
+    };
     assert_eq!(message.routing_key, "dk");
-    assert_eq!(props_headers(&message.properties).inner().get("x-first-death-reason"), Some(&s("rejected")));
+    assert_eq!(
+        props_headers(&message.properties)
+            .inner()
+            .get("x-first-death-reason"),
+        Some(&s("rejected"))
+    );
     // A missing dead-letter exchange drops the message.
-    b.one(declare_queue(C, "q2", table(&[("x-dead-letter-exchange", s("missing"))])));
+    b.one(declare_queue(
+        C,
+        "q2",
+        table(&[("x-dead-letter-exchange", s("missing"))]),
+    ));
     b.one(publish(C, "", "q2", "b"));
     b.one(get(C, "q2", false));
     b.one(nack(C, 3, false, false));
@@ -929,12 +1444,20 @@ fn rejected_messages_are_dead_lettered_with_the_dead_letter_routing_key() {
 fn dead_letter_cycle_of_expired_messages_is_dropped() {
     let mut b = Broker::new();
     // q dead-letters to itself via the default exchange.
-    b.one(declare_queue(C, "q", table(&[("x-message-ttl", i(10)), ("x-dead-letter-exchange", s(""))])));
+    b.one(declare_queue(
+        C,
+        "q",
+        table(&[("x-message-ttl", i(10)), ("x-dead-letter-exchange", s(""))]),
+    ));
     b.one(publish(C, "", "q", "a"));
     b.tick(10);
     assert_eq!(b.ready("q"), 0);
     // a rejected message may come back to its own queue, with count 1 then 2
-    b.one(declare_queue(C, "r", table(&[("x-dead-letter-exchange", s(""))])));
+    b.one(declare_queue(
+        C,
+        "r",
+        table(&[("x-dead-letter-exchange", s(""))]),
+    ));
     b.one(publish(C, "", "r", "b"));
     b.one(get(C, "r", false));
     b.one(nack(C, 1, false, false));
@@ -942,11 +1465,17 @@ fn dead_letter_cycle_of_expired_messages_is_dropped() {
     b.one(get(C, "r", false));
     b.one(nack(C, 2, false, false));
     let fx = b.one(get(C, "r", false));
-    let Effect::GetOk { message, .. } = &fx[0] else { panic!() };
+    let Effect::GetOk { message, .. } = &fx[0] else {
+        panic!()
+    };
     let h = props_headers(&message.properties);
-    let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else { panic!() };
+    let Some(AMQPValue::FieldArray(deaths)) = h.inner().get("x-death") else {
+        panic!()
+    };
     assert_eq!(deaths.as_slice().len(), 1);
-    let AMQPValue::FieldTable(d) = &deaths.as_slice()[0] else { panic!() };
+    let AMQPValue::FieldTable(d) = &deaths.as_slice()[0] else {
+        panic!()
+    };
     assert_eq!(d.inner().get("count"), Some(&i(2)));
 }
 
@@ -956,14 +1485,37 @@ fn priority_queue_delivers_higher_priority_first_and_fifo_within_a_priority() {
     let mut b = Broker::new();
     b.one(declare_queue(C, "p", table(&[("x-max-priority", i(5))])));
     for (body, prio) in [("l1", 1), ("h1", 9), ("m1", 3), ("h2", 5), ("l2", 1)] {
-        b.one(publish_msg(C, "", "p", with_priority(body, prio), None, false));
+        b.one(publish_msg(
+            C,
+            "",
+            "p",
+            with_priority(body, prio),
+            None,
+            false,
+        ));
     }
-    let got: Vec<String> = (0..5).flat_map(|_| bodies(&b.one(get(C, "p", true)))).collect();
+    let got: Vec<String> = (0..5)
+        .flat_map(|_| bodies(&b.one(get(C, "p", true))))
+        .collect();
     assert_eq!(got, vec!["h1", "h2", "m1", "l1", "l2"]);
     // without x-max-priority, priority is ignored
     b.queue(C, "fifo");
-    b.one(publish_msg(C, "", "fifo", with_priority("a", 1), None, false));
-    b.one(publish_msg(C, "", "fifo", with_priority("b", 9), None, false));
+    b.one(publish_msg(
+        C,
+        "",
+        "fifo",
+        with_priority("a", 1),
+        None,
+        false,
+    ));
+    b.one(publish_msg(
+        C,
+        "",
+        "fifo",
+        with_priority("b", 9),
+        None,
+        false,
+    ));
     assert_eq!(bodies(&b.one(get(C, "fifo", true))), vec!["a"]);
 }
 
@@ -981,7 +1533,17 @@ fn requeued_messages_return_to_their_original_position_marked_redelivered() {
     b.one(get(C, "q", false));
     b.one(nack(C, 1, false, true));
     let fx = b.one(get(C, "q", true));
-    assert!(matches!(&fx[0], Effect::GetOk { redelivered: true, message_count: 1, .. }), "{fx:?}");
+    assert!(
+        matches!(
+            &fx[0],
+            Effect::GetOk {
+                redelivered: true,
+                message_count: 1,
+                ..
+            }
+        ),
+        "{fx:?}"
+    );
     assert_eq!(bodies(&fx), vec!["1"]);
     // closing the channel requeues tag 2 to its place before "3"
     b.one(Command::ChannelClosed { ch: C });
@@ -999,7 +1561,10 @@ fn consumer_tag_reuse_is_not_allowed_and_exclusive_consumers_are_alone() {
     let (code, text, class, method) = connection_error(&fx).unwrap();
     assert_eq!((code, class, method), (530, 60, 20));
     assert_eq!(text, "NOT_ALLOWED - attempt to reuse consumer tag 't'");
-    assert!(b.state.consumers.is_empty(), "the connection's consumers are gone");
+    assert!(
+        b.state.consumers.is_empty(),
+        "the connection's consumers are gone"
+    );
 
     let c = chan(2, 1);
     b.one(consume(c, "q", "a", false));
@@ -1008,14 +1573,27 @@ fn consumer_tag_reuse_is_not_allowed_and_exclusive_consumers_are_alone() {
         *exclusive = true;
     }
     let (code, text, _, _) = channel_error(&b.one(ex.clone())).unwrap();
-    assert_eq!((code, text.as_str()), (403, "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use"));
-    b.one(Command::Cancel { ch: c, consumer_tag: "a".into(), nowait: false });
+    assert_eq!(
+        (code, text.as_str()),
+        (
+            403,
+            "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use"
+        )
+    );
+    b.one(Command::Cancel {
+        ch: c,
+        consumer_tag: "a".into(),
+        nowait: false,
+    });
     if let Command::Consume { ch, .. } = &mut ex {
         *ch = chan(2, 3);
     }
     b.one(ex);
     assert_eq!(err_code(&b.one(consume(chan(2, 4), "q", "c", false))), 403);
-    assert_eq!(err_code(&b.one(consume(chan(2, 5), "missing", "c", false))), 404);
+    assert_eq!(
+        err_code(&b.one(consume(chan(2, 5), "missing", "c", false))),
+        404
+    );
 }
 
 /// https://www.rabbitmq.com/amqp-0-9-1-reference#basic.consume-ok (before any delivery)
@@ -1025,10 +1603,22 @@ fn consume_ok_comes_before_the_first_delivery_and_consumers_get_round_robin() {
     b.queue(C, "q");
     b.one(publish(C, "", "q", "1"));
     let fx = b.one(consume(C, "q", "a", false));
-    assert_eq!(fx[0], Effect::Reply { ch: C, reply: Reply::ConsumeOk { consumer_tag: "a".into() } });
+    assert_eq!(
+        fx[0],
+        Effect::Reply {
+            ch: C,
+            reply: Reply::ConsumeOk {
+                consumer_tag: "a".into()
+            }
+        }
+    );
     assert_eq!(deliveries(&fx[1..]).len(), 1);
     b.one(consume(C, "q", "b", false));
-    let fx = b.run((2..=5).map(|n| publish(C, "", "q", &n.to_string())).collect());
+    let fx = b.run(
+        (2..=5)
+            .map(|n| publish(C, "", "q", &n.to_string()))
+            .collect(),
+    );
     let tags: Vec<String> = deliveries(&fx).into_iter().map(|d| d.1).collect();
     assert_eq!(tags, vec!["a", "b", "a", "b"]);
     // delivery tags count per channel from 1
@@ -1043,7 +1633,11 @@ fn prefetch_limits_unacked_deliveries_per_consumer_and_per_channel() {
     b.queue(C, "q");
     b.one(qos(C, 2, false));
     b.one(consume(C, "q", "a", false));
-    let fx = b.run((0..5).map(|n| publish(C, "", "q", &n.to_string())).collect());
+    let fx = b.run(
+        (0..5)
+            .map(|n| publish(C, "", "q", &n.to_string()))
+            .collect(),
+    );
     assert_eq!(deliveries(&fx).len(), 2);
     let fx = b.one(ack(C, 1, false));
     assert_eq!(bodies(&fx), vec!["2"]);
@@ -1056,14 +1650,22 @@ fn prefetch_limits_unacked_deliveries_per_consumer_and_per_channel() {
     b.one(qos(c2, 1, true));
     b.one(consume(c2, "g", "x", false));
     b.one(consume(c2, "g", "y", false));
-    let fx = b.run((0..3).map(|n| publish(c2, "", "g", &n.to_string())).collect());
+    let fx = b.run(
+        (0..3)
+            .map(|n| publish(c2, "", "g", &n.to_string()))
+            .collect(),
+    );
     assert_eq!(deliveries(&fx).len(), 1);
     // no_ack consumers are not limited
     let c3 = chan(1, 3);
     b.queue(c3, "n");
     b.one(qos(c3, 1, false));
     b.one(consume(c3, "n", "z", true));
-    let fx = b.run((0..3).map(|n| publish(c3, "", "n", &n.to_string())).collect());
+    let fx = b.run(
+        (0..3)
+            .map(|n| publish(c3, "", "n", &n.to_string()))
+            .collect(),
+    );
     assert_eq!(deliveries(&fx).len(), 3);
     assert!(b.state.channels[&c3].unacked.is_empty());
 }
@@ -1072,7 +1674,12 @@ fn prefetch_limits_unacked_deliveries_per_consumer_and_per_channel() {
 #[test]
 fn prefetch_size_is_not_implemented() {
     let mut b = Broker::new();
-    let fx = b.one(Command::Qos { ch: C, prefetch_size: 10, prefetch_count: 0, global: false });
+    let fx = b.one(Command::Qos {
+        ch: C,
+        prefetch_size: 10,
+        prefetch_count: 0,
+        global: false,
+    });
     assert_eq!(connection_error(&fx).map(|e| e.0), Some(540));
 }
 
@@ -1082,10 +1689,25 @@ fn channel_flow_stops_and_resumes_deliveries() {
     let mut b = Broker::new();
     b.queue(C, "q");
     b.one(consume(C, "q", "a", true));
-    assert_eq!(replies(&b.one(Command::Flow { ch: C, active: false })), vec![Reply::FlowOk { active: false }]);
+    assert_eq!(
+        replies(&b.one(Command::Flow {
+            ch: C,
+            active: false
+        })),
+        vec![Reply::FlowOk { active: false }]
+    );
     assert!(deliveries(&b.one(publish(C, "", "q", "1"))).is_empty());
-    let fx = b.one(Command::Flow { ch: C, active: true });
-    assert_eq!(fx[0], Effect::Reply { ch: C, reply: Reply::FlowOk { active: true } });
+    let fx = b.one(Command::Flow {
+        ch: C,
+        active: true,
+    });
+    assert_eq!(
+        fx[0],
+        Effect::Reply {
+            ch: C,
+            reply: Reply::FlowOk { active: true }
+        }
+    );
     assert_eq!(bodies(&fx), vec!["1"]);
 }
 
@@ -1098,9 +1720,15 @@ fn settling_an_unknown_or_settled_tag_is_precondition_failed() {
     b.one(get(C, "q", false));
     b.one(ack(C, 1, false));
     let (code, text, class, method) = channel_error(&b.one(ack(C, 1, false))).unwrap();
-    assert_eq!((code, text.as_str(), class, method), (406, "PRECONDITION_FAILED - unknown delivery tag 1", 60, 80));
+    assert_eq!(
+        (code, text.as_str(), class, method),
+        (406, "PRECONDITION_FAILED - unknown delivery tag 1", 60, 80)
+    );
     let c2 = chan(1, 2);
-    assert_eq!(channel_error(&b.one(nack(c2, 5, false, true))).map(|e| (e.0, e.3)), Some((406, 120)));
+    assert_eq!(
+        channel_error(&b.one(nack(c2, 5, false, true))).map(|e| (e.0, e.3)),
+        Some((406, 120))
+    );
     // multiple with tag 0 settles everything (and nothing is not an error)
     let c3 = chan(1, 3);
     assert_eq!(err_code(&b.one(ack(c3, 0, true))), 0);
@@ -1124,7 +1752,18 @@ fn basic_get_returns_get_empty_or_get_ok_with_the_remaining_count() {
     b.one(publish(c, "", "q", "a"));
     b.one(publish(c, "", "q", "b"));
     let fx = b.one(get(c, "q", false));
-    assert!(matches!(&fx[0], Effect::GetOk { delivery_tag: 1, message_count: 1, redelivered: false, .. }), "{fx:?}");
+    assert!(
+        matches!(
+            &fx[0],
+            Effect::GetOk {
+                delivery_tag: 1,
+                message_count: 1,
+                redelivered: false,
+                ..
+            }
+        ),
+        "{fx:?}"
+    );
     assert_eq!(b.state.channels[&c].unacked.len(), 1);
 }
 
@@ -1136,10 +1775,24 @@ fn recover_redelivers_every_unacked_delivery_of_the_channel() {
     b.one(consume(C, "q", "a", false));
     b.one(publish(C, "", "q", "1"));
     b.one(publish(C, "", "q", "2"));
-    let fx = b.one(Command::Recover { ch: C, requeue: true });
-    assert_eq!(fx[0], Effect::Reply { ch: C, reply: Reply::RecoverOk });
+    let fx = b.one(Command::Recover {
+        ch: C,
+        requeue: true,
+    });
+    assert_eq!(
+        fx[0],
+        Effect::Reply {
+            ch: C,
+            reply: Reply::RecoverOk
+        }
+    );
     let d = deliveries(&fx);
-    assert_eq!(d.iter().map(|d| (d.2, d.3, d.4.as_str())).collect::<Vec<_>>(), vec![(3, true, "1"), (4, true, "2")]);
+    assert_eq!(
+        d.iter()
+            .map(|d| (d.2, d.3, d.4.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(3, true, "1"), (4, true, "2")]
+    );
 }
 
 /// https://www.rabbitmq.com/docs/semantics#tx
@@ -1149,12 +1802,32 @@ fn tx_commit_applies_publishes_and_settlements_or_nothing() {
     b.queue(C, "q");
     b.one(publish(C, "", "q", "a"));
     b.one(get(C, "q", false));
-    let p = |body: &str| Publish { exchange: "".into(), routing_key: "q".into(), mandatory: false, confirm_seq: None, message: message(body) };
-    let fx = b.one(Command::TxCommit { ch: C, publishes: vec![p("b")], settles: vec![Settle::Ack { delivery_tag: 1, multiple: false }] });
+    let p = |body: &str| Publish {
+        exchange: "".into(),
+        routing_key: "q".into(),
+        mandatory: false,
+        confirm_seq: None,
+        message: message(body),
+    };
+    let fx = b.one(Command::TxCommit {
+        ch: C,
+        publishes: vec![p("b")],
+        settles: vec![Settle::Ack {
+            delivery_tag: 1,
+            multiple: false,
+        }],
+    });
     assert_eq!(replies(&fx), vec![Reply::TxCommitOk]);
     assert_eq!(b.ready("q"), 1);
     assert!(b.state.channels[&C].unacked.is_empty());
-    let fx = b.one(Command::TxCommit { ch: C, publishes: vec![p("c")], settles: vec![Settle::Ack { delivery_tag: 9, multiple: false }] });
+    let fx = b.one(Command::TxCommit {
+        ch: C,
+        publishes: vec![p("c")],
+        settles: vec![Settle::Ack {
+            delivery_tag: 9,
+            multiple: false,
+        }],
+    });
     assert_eq!(channel_error(&fx).map(|e| e.0), Some(406));
     assert!(replies(&fx).is_empty());
     assert_eq!(b.ready("q"), 1, "nothing of the failed transaction applied");
@@ -1176,7 +1849,10 @@ fn channel_close_requeues_deliveries_and_forgets_consumers() {
     assert_eq!(replies(&fx), vec![Reply::ChannelCloseOk]);
     assert!(!b.state.channels.contains_key(&C));
     // ChannelClosed of an unknown channel is still answered.
-    assert_eq!(replies(&b.one(Command::ChannelClosed { ch: chan(9, 9) })), vec![Reply::ChannelCloseOk]);
+    assert_eq!(
+        replies(&b.one(Command::ChannelClosed { ch: chan(9, 9) })),
+        vec![Reply::ChannelCloseOk]
+    );
 }
 
 /// A channel error forgets the channel: its deliveries are requeued and its consumers gone.
@@ -1190,7 +1866,10 @@ fn channel_error_requeues_and_cancels_like_a_close() {
     assert_eq!(err_code(&fx), 406);
     assert_eq!(b.ready("q"), 1);
     assert!(b.state.consumers.is_empty());
-    assert!(b.one(consume(C, "q", "again", false)).is_empty(), "ignored until ChannelClosed");
+    assert!(
+        b.one(consume(C, "q", "again", false)).is_empty(),
+        "ignored until ChannelClosed"
+    );
 }
 
 /// Node restart (RabbitMQ: connections die with the node; transient entities and messages
@@ -1210,9 +1889,21 @@ fn node_started_closes_old_connections_and_drops_transient_state() {
     b.one(publish_msg(C, "", "durable", persistent, None, false));
     b.one(publish(C, "", "durable", "t"));
     b.one(get(C, "durable", false));
-    let other_node = ChannelRef { conn: ConnId { node: 2, epoch: 1, seq: 1 }, number: 1, generation: 0 };
+    let other_node = ChannelRef {
+        conn: ConnId {
+            node: 2,
+            epoch: 1,
+            seq: 1,
+        },
+        number: 1,
+        generation: 0,
+    };
     b.one(consume(other_node, "transient", "keep", false));
-    b.one(Command::NodeStarted { node: 1, epoch: 2, drop_transient: true });
+    b.one(Command::NodeStarted {
+        node: 1,
+        epoch: 2,
+        drop_transient: true,
+    });
     assert!(!b.state.channels.contains_key(&C));
     assert!(b.state.queue("transient").is_none());
     assert!(!b.state.exchanges.contains_key("tx"));
@@ -1233,10 +1924,18 @@ fn node_started_with_an_older_epoch_still_closes_the_previous_lives_connections(
     b.one(publish(C, "", "q", "m"));
     b.one(get(C, "q", false));
     assert_eq!(b.state.queue("q").unwrap().ready.len(), 0);
-    b.one(Command::NodeStarted { node: 1, epoch: 0, drop_transient: false });
+    b.one(Command::NodeStarted {
+        node: 1,
+        epoch: 0,
+        drop_transient: false,
+    });
     assert!(!b.state.channels.contains_key(&C));
     let q = b.state.queue("q").unwrap();
-    assert_eq!(q.ready.len(), 1, "the unacked delivery went back to the queue");
+    assert_eq!(
+        q.ready.len(),
+        1,
+        "the unacked delivery went back to the queue"
+    );
 }
 
 // ---------------------------------------------------------------- formats
@@ -1247,7 +1946,15 @@ fn entry_encoding_is_pinned_by_golden_bytes() {
     let entry = Entry {
         now_ms: 1_700_000_000_000,
         commands: vec![Command::Publish {
-            ch: ChannelRef { conn: ConnId { node: 1, epoch: 2, seq: 3 }, number: 4, generation: 5 },
+            ch: ChannelRef {
+                conn: ConnId {
+                    node: 1,
+                    epoch: 2,
+                    seq: 3,
+                },
+                number: 4,
+                generation: 5,
+            },
             publish: Publish {
                 exchange: "x".into(),
                 routing_key: "k".into(),
@@ -1268,8 +1975,10 @@ fn entry_encoding_is_pinned_by_golden_bytes() {
     assert_eq!(Entry::decode(golden).unwrap(), entry);
 }
 
-const GOLDEN_PUBLISH_ENTRY: [u8; 32] =
-    [1, 128, 208, 149, 255, 188, 49, 1, 15, 1, 2, 3, 4, 5, 1, 120, 1, 107, 1, 1, 6, 3, 16, 0, 2, 2, 104, 105, 1, 7, 1, 8];
+const GOLDEN_PUBLISH_ENTRY: [u8; 32] = [
+    1, 128, 208, 149, 255, 188, 49, 1, 15, 1, 2, 3, 4, 5, 1, 120, 1, 107, 1, 1, 6, 3, 16, 0, 2, 2,
+    104, 105, 1, 7, 1, 8,
+];
 
 /// Arguments tables go into the log through amq-protocol's serde layout: pin it too, with
 /// several value types, so that a dependency upgrade that changes it fails here and not on a
@@ -1279,7 +1988,15 @@ fn entry_encoding_of_argument_tables_is_pinned_by_golden_bytes() {
     let entry = Entry {
         now_ms: 1,
         commands: vec![Command::QueueDeclare {
-            ch: ChannelRef { conn: ConnId { node: 1, epoch: 2, seq: 3 }, number: 4, generation: 5 },
+            ch: ChannelRef {
+                conn: ConnId {
+                    node: 1,
+                    epoch: 2,
+                    seq: 3,
+                },
+                number: 4,
+                generation: 5,
+            },
             queue: "q".into(),
             server_named: false,
             passive: false,
@@ -1301,18 +2018,42 @@ fn entry_encoding_of_argument_tables_is_pinned_by_golden_bytes() {
     assert_eq!(Entry::decode(&GOLDEN_DECLARE_ENTRY).unwrap(), entry);
 }
 
-const GOLDEN_DECLARE_ENTRY: [u8; 87] = [1, 1, 1, 7, 1, 2, 3, 4, 5, 1, 113, 0, 0, 1, 0, 0, 0, 5, 1, 102, 0, 1, 1, 118, 17, 22, 120, 45, 100, 101, 97, 100, 45, 108, 101, 116, 116, 101, 114, 45, 101, 120, 99, 104, 97, 110, 103, 101, 12, 3, 100, 108, 120, 14, 120, 45, 109, 97, 120, 45, 112, 114, 105, 111, 114, 105, 116, 121, 2, 3, 13, 120, 45, 109, 101, 115, 115, 97, 103, 101, 45, 116, 116, 108, 7, 208, 15];
+const GOLDEN_DECLARE_ENTRY: [u8; 87] = [
+    1, 1, 1, 7, 1, 2, 3, 4, 5, 1, 113, 0, 0, 1, 0, 0, 0, 5, 1, 102, 0, 1, 1, 118, 17, 22, 120, 45,
+    100, 101, 97, 100, 45, 108, 101, 116, 116, 101, 114, 45, 101, 120, 99, 104, 97, 110, 103, 101,
+    12, 3, 100, 108, 120, 14, 120, 45, 109, 97, 120, 45, 112, 114, 105, 111, 114, 105, 116, 121, 2,
+    3, 13, 120, 45, 109, 101, 115, 115, 97, 103, 101, 45, 116, 116, 108, 7, 208, 15,
+];
 
 /// Snapshots round-trip the whole state.
 #[test]
 fn snapshot_round_trips_the_state() {
     let mut b = Broker::new();
-    b.one(declare_queue(C, "q", table(&[("x-message-ttl", i(1000)), ("x-max-priority", AMQPValue::ShortShortUInt(3))])));
-    b.one(bind_args(C, "q", "amq.headers", "", table(&[("a", AMQPValue::Double(1.5)), ("b", AMQPValue::Void)])));
-    b.one(publish_msg(C, "", "q", with_headers("a", table(&[("h", s("v"))])), None, false));
+    b.one(declare_queue(
+        C,
+        "q",
+        table(&[
+            ("x-message-ttl", i(1000)),
+            ("x-max-priority", AMQPValue::ShortShortUInt(3)),
+        ]),
+    ));
+    b.one(bind_args(
+        C,
+        "q",
+        "amq.headers",
+        "",
+        table(&[("a", AMQPValue::Double(1.5)), ("b", AMQPValue::Void)]),
+    ));
+    b.one(publish_msg(
+        C,
+        "",
+        "q",
+        with_headers("a", table(&[("h", s("v"))])),
+        None,
+        false,
+    ));
     b.one(consume(C, "q", "t", false));
     let bytes = b.state.encode_snapshot();
     assert_eq!(State::decode_snapshot(&bytes).unwrap(), b.state);
     assert!(State::decode_snapshot(&[9]).is_err());
 }
-

@@ -32,7 +32,12 @@ impl ContentHeader {
         let class_id = u16::from_be_bytes([payload[0], payload[1]]);
         let weight = u16::from_be_bytes([payload[2], payload[3]]);
         let body_size = u64::from_be_bytes(payload[4..12].try_into().expect("8 bytes"));
-        Ok(ContentHeader { class_id, weight, body_size, properties: payload.slice(12..) })
+        Ok(ContentHeader {
+            class_id,
+            weight,
+            body_size,
+            properties: payload.slice(12..),
+        })
     }
 }
 

@@ -44,7 +44,10 @@ pub fn split_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame
         return Ok(None);
     }
     let kind = buf[0];
-    if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
+    if !matches!(
+        kind,
+        FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT
+    ) {
         return Err(FrameError::UnknownType(kind));
     }
     let channel = u16::from_be_bytes([buf[1], buf[2]]);
@@ -52,7 +55,10 @@ pub fn split_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame
     // Judge the size before buffering the payload, so that a peer cannot make us hold more
     // than one frame_max of unparsed input.
     if size as u64 + FRAME_OVERHEAD as u64 > frame_max as u64 {
-        return Err(FrameError::TooLarge { size: size as u64 + FRAME_OVERHEAD as u64, frame_max });
+        return Err(FrameError::TooLarge {
+            size: size as u64 + FRAME_OVERHEAD as u64,
+            frame_max,
+        });
     }
     if buf.len() < FRAME_HEADER_SIZE + size + 1 {
         buf.reserve(FRAME_HEADER_SIZE + size + 1 - buf.len());
@@ -65,7 +71,11 @@ pub fn split_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame
     buf.advance(FRAME_HEADER_SIZE);
     let payload = buf.split_to(size).freeze();
     buf.advance(1);
-    Ok(Some(RawFrame { kind, channel, payload }))
+    Ok(Some(RawFrame {
+        kind,
+        channel,
+        payload,
+    }))
 }
 
 /// Appends a frame with the given payload to `out`.
@@ -94,7 +104,14 @@ mod tests {
         let mut buf = BytesMut::from(&frame_bytes(FRAME_BODY, 3, b"hello")[..]);
         buf.extend_from_slice(&[FRAME_HEARTBEAT, 0]);
         let frame = split_frame(&mut buf, 4096).unwrap().unwrap();
-        assert_eq!(frame, RawFrame { kind: FRAME_BODY, channel: 3, payload: Bytes::from_static(b"hello") });
+        assert_eq!(
+            frame,
+            RawFrame {
+                kind: FRAME_BODY,
+                channel: 3,
+                payload: Bytes::from_static(b"hello")
+            }
+        );
         assert_eq!(&buf[..], &[FRAME_HEARTBEAT, 0]);
         assert_eq!(split_frame(&mut buf, 4096).unwrap(), None);
     }
@@ -104,7 +121,10 @@ mod tests {
     #[test]
     fn a_frame_larger_than_frame_max_is_refused_before_its_payload_arrives() {
         let mut buf = BytesMut::from(&[FRAME_METHOD, 0, 1, 0, 0, 0x10, 0][..]);
-        assert!(matches!(split_frame(&mut buf, 4096), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            split_frame(&mut buf, 4096),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]

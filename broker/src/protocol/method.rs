@@ -24,16 +24,29 @@ impl MethodError {
     }
     pub fn ids(&self) -> (u16, u16) {
         match self {
-            MethodError::Unknown { class_id, method_id } | MethodError::Malformed { class_id, method_id } => {
-                (*class_id, *method_id)
+            MethodError::Unknown {
+                class_id,
+                method_id,
             }
+            | MethodError::Malformed {
+                class_id,
+                method_id,
+            } => (*class_id, *method_id),
         }
     }
 }
 
 fn ids_of(payload: &[u8]) -> (u16, u16) {
-    let class_id = if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 0 };
-    let method_id = if payload.len() >= 4 { u16::from_be_bytes([payload[2], payload[3]]) } else { 0 };
+    let class_id = if payload.len() >= 2 {
+        u16::from_be_bytes([payload[0], payload[1]])
+    } else {
+        0
+    };
+    let method_id = if payload.len() >= 4 {
+        u16::from_be_bytes([payload[2], payload[3]])
+    } else {
+        0
+    };
     (class_id, method_id)
 }
 
@@ -41,12 +54,34 @@ fn ids_of(payload: &[u8]) -> (u16, u16) {
 /// we tell "unknown" from "malformed" by whether the pair exists at all).
 fn is_known(class_id: u16, method_id: u16) -> bool {
     match class_id {
-        10 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71),
+        10 => matches!(
+            method_id,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ),
         20 => matches!(method_id, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method_id, 10 | 11),
         40 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
         50 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
-        60 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120),
+        60 => matches!(
+            method_id,
+            10 | 11
+                | 20
+                | 21
+                | 30
+                | 31
+                | 40
+                | 50
+                | 60
+                | 70
+                | 71
+                | 72
+                | 80
+                | 90
+                | 100
+                | 110
+                | 111
+                | 120
+        ),
         85 => matches!(method_id, 10 | 11),
         90 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31),
         _ => false,
@@ -56,12 +91,18 @@ fn is_known(class_id: u16, method_id: u16) -> bool {
 pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
     let (class_id, method_id) = ids_of(payload);
     if !is_known(class_id, method_id) {
-        return Err(MethodError::Unknown { class_id, method_id });
+        return Err(MethodError::Unknown {
+            class_id,
+            method_id,
+        });
     }
     match parse_class(payload) {
         // Trailing bytes after the fields are tolerated, as RabbitMQ does.
         Ok((_rest, class)) => Ok(class),
-        Err(_) => Err(MethodError::Malformed { class_id, method_id }),
+        Err(_) => Err(MethodError::Malformed {
+            class_id,
+            method_id,
+        }),
     }
 }
 
@@ -83,7 +124,10 @@ mod tests {
     fn an_unknown_method_is_not_implemented() {
         let err = decode_method(&[0, 60, 0, 99]).unwrap_err();
         assert_eq!(err.reply_code(), crate::reply_code::NOT_IMPLEMENTED);
-        assert_eq!(decode_method(&[0, 7, 0, 10]).unwrap_err().reply_code(), crate::reply_code::NOT_IMPLEMENTED);
+        assert_eq!(
+            decode_method(&[0, 7, 0, 10]).unwrap_err().reply_code(),
+            crate::reply_code::NOT_IMPLEMENTED
+        );
     }
 
     #[test]

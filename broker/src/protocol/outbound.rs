@@ -9,9 +9,21 @@ use amq_protocol::protocol::AMQPClass;
 use bytes::BytesMut;
 
 /// Appends a method carrying content, then its header and body frames.
-pub fn put_content_method(out: &mut BytesMut, channel: u16, method: AMQPClass, properties: &[u8], body: &[u8], frame_max: u32) {
+pub fn put_content_method(
+    out: &mut BytesMut,
+    channel: u16,
+    method: AMQPClass,
+    properties: &[u8],
+    body: &[u8],
+    frame_max: u32,
+) {
     put_method(out, channel, method);
-    put_frame(out, FRAME_HEADER, channel, &header_payload(body.len() as u64, properties));
+    put_frame(
+        out,
+        FRAME_HEADER,
+        channel,
+        &header_payload(body.len() as u64, properties),
+    );
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
     for piece in body.chunks(chunk) {
         put_frame(out, FRAME_BODY, channel, piece);
