@@ -38,6 +38,20 @@ impl Dispatcher {
         self.conns.lock().expect("dispatcher lock").remove(&conn);
     }
 
+    /// Tells every local connection to close with a connection error (hard close).
+    pub fn close_all(&self, reply_code: u16, reply_text: &str) {
+        let conns = self.conns.lock().expect("dispatcher lock");
+        for (conn, tx) in conns.iter() {
+            let _ = tx.send(vec![Effect::ConnectionError {
+                conn: *conn,
+                reply_code,
+                reply_text: reply_text.to_string(),
+                class_id: 0,
+                method_id: 0,
+            }]);
+        }
+    }
+
     pub fn connection_count(&self) -> usize {
         self.conns.lock().expect("dispatcher lock").len()
     }

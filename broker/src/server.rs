@@ -53,8 +53,9 @@ impl Default for BrokerConfig {
 /// What every connection task shares.
 pub struct Broker {
     pub node: NodeId,
-    /// This node life's epoch (see `Command::NodeStarted`).
-    pub epoch: u64,
+    /// This node life's epoch (see `Command::NodeStarted`); a node that was cut off from its
+    /// cluster and declared lost starts a new life with a new epoch.
+    epoch: AtomicU64,
     pub proposer: Proposer,
     pub dispatcher: Arc<Dispatcher>,
     pub config: BrokerConfig,
@@ -71,7 +72,7 @@ impl Broker {
     ) -> Broker {
         Broker {
             node,
-            epoch,
+            epoch: AtomicU64::new(epoch),
             proposer,
             dispatcher,
             config,
@@ -79,10 +80,23 @@ impl Broker {
         }
     }
 
+    /// The current life's epoch.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Begins a new life: every connection of the old one is told to close with `reply_code`
+    /// (clients reconnect), and new connections get ids of the new epoch. The caller announces
+    /// the new life to the log.
+    pub fn new_life(&self, epoch: u64, reply_code: u16, reply_text: &str) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+        self.dispatcher.close_all(reply_code, reply_text);
+    }
+
     fn next_conn_id(&self) -> ConnId {
         ConnId {
             node: self.node,
-            epoch: self.epoch,
+            epoch: self.epoch(),
             seq: self.next_conn.fetch_add(1, Ordering::Relaxed),
         }
     }

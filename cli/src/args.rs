@@ -23,6 +23,101 @@ pub enum Command {
     Serve(ServeArgs),
     /// Ask a running node for its health (GET /health) and print it.
     Health(HealthArgs),
+    /// Inspect and change a running cluster (any member answers; changes go to the leader).
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Show every member, its zone, the leader, the term, log and applied indexes, and each
+    /// follower's lag behind the leader.
+    Status(ClusterStatusArgs),
+    /// Add a node (started with --join) as a voter: it becomes a learner, catches up, then
+    /// votes (a joint-consensus membership change).
+    Add(ClusterAddArgs),
+    /// Remove a member from the cluster (a joint-consensus membership change).
+    Remove(ClusterRemoveArgs),
+    /// Fault injection: cut the node at --http off from a peer (for tests and demos).
+    Partition(ClusterPartitionArgs),
+    /// Fault injection: remove every partition made on the node at --http.
+    Heal(ClusterNodeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterNodeArgs {
+    /// HTTP address of any member.
+    #[arg(long, env = "RAFTMQ_HTTP", default_value = "127.0.0.1:15672")]
+    pub http: SocketAddr,
+    /// The cluster secret, when the cluster has one (admin calls must present it).
+    #[arg(long, env = "RAFTMQ_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterStatusArgs {
+    #[command(flatten)]
+    pub node: ClusterNodeArgs,
+    /// Print the status as JSON instead of a table.
+    #[arg(long, env = "RAFTMQ_JSON")]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterAddArgs {
+    #[command(flatten)]
+    pub node: ClusterNodeArgs,
+    /// Id of the node to add.
+    #[arg(long = "id", env = "RAFTMQ_ADD_NODE_ID")]
+    pub node_id: u64,
+    /// Its raft transport address (its --raft-listen, as the others reach it).
+    #[arg(long, env = "RAFTMQ_ADD_RAFT_ADDR")]
+    pub raft_addr: String,
+    /// Its AMQP address, as clients reach it.
+    #[arg(long, env = "RAFTMQ_ADD_AMQP_ADDR", default_value = "")]
+    pub amqp_addr: String,
+    /// Its availability zone.
+    #[arg(long, env = "RAFTMQ_ADD_AZ", default_value = "")]
+    pub az: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterRemoveArgs {
+    #[command(flatten)]
+    pub node: ClusterNodeArgs,
+    /// Id of the member to remove.
+    #[arg(long = "id", env = "RAFTMQ_REMOVE_NODE_ID")]
+    pub node_id: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterPartitionArgs {
+    #[command(flatten)]
+    pub node: ClusterNodeArgs,
+    /// The peer to cut this node off from (repeat for several).
+    #[arg(
+        long = "from",
+        env = "RAFTMQ_PARTITION_FROM",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub peers: Vec<u64>,
+    /// both: no requests either way; outgoing: this node sends nothing to the peer;
+    /// incoming: this node refuses the peer's requests.
+    #[arg(
+        long,
+        env = "RAFTMQ_PARTITION_DIRECTION",
+        value_enum,
+        default_value = "both"
+    )]
+    pub direction: PartitionDirection,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PartitionDirection {
+    Both,
+    Outgoing,
+    Incoming,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
@@ -89,6 +184,46 @@ pub struct ServeArgs {
     /// [default: 100].
     #[arg(long, env = "RAFTMQ_TICK_MS")]
     pub tick_ms: Option<u64>,
+
+    /// This node's availability zone label (cluster mode), e.g. az-a.
+    #[arg(long, env = "RAFTMQ_AZ")]
+    pub az: Option<String>,
+
+    /// Address for the node-to-node raft transport; setting it (or --peer) turns on cluster
+    /// mode [default: this node's address in --peer].
+    #[arg(long, env = "RAFTMQ_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+
+    /// A cluster member as ID=HOST:PORT@ZONE (its raft address); repeat for every member,
+    /// this node included. The same list on every node forms the cluster once a majority is
+    /// up. In the environment: comma-separated.
+    #[arg(long = "peer", env = "RAFTMQ_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Start with an empty data directory and wait to be added to a running cluster with
+    /// `raftmq cluster add`, instead of forming a new cluster from --peer.
+    #[arg(long, env = "RAFTMQ_JOIN")]
+    pub join: bool,
+
+    /// Shared secret of the cluster's members: a node that does not know it cannot join or
+    /// send entries. Without it any process that reaches the raft port can.
+    #[arg(long, env = "RAFTMQ_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// Delay added to each message between nodes of different zones, milliseconds, to
+    /// imitate the latency between real availability zones [default: 0].
+    #[arg(long, env = "RAFTMQ_INTER_AZ_DELAY_MS")]
+    pub inter_az_delay_ms: Option<u64>,
+
+    /// The leader declares a member lost after hearing nothing from it for this long,
+    /// milliseconds: its client connections end and their unacknowledged messages go back to
+    /// their queues [default: 5000].
+    #[arg(long, env = "RAFTMQ_NODE_DOWN_AFTER_MS")]
+    pub node_down_after_ms: Option<u64>,
+
+    /// Take a snapshot of the state after this many log entries [default: 20000].
+    #[arg(long, env = "RAFTMQ_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -4,7 +4,8 @@
 use crate::args::{LogFormat, ServeArgs};
 use anyhow::{Context, Result};
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +23,34 @@ struct FileConfig {
     heartbeat: Option<u16>,
     max_message_size: Option<u64>,
     tick_ms: Option<u64>,
+    az: Option<String>,
+    raft_listen: Option<SocketAddr>,
+    peers: Option<Vec<String>>,
+    join: Option<bool>,
+    cluster_secret: Option<String>,
+    inter_az_delay_ms: Option<u64>,
+    node_down_after_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+}
+
+/// One member of the cluster, from `--peer`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub raft_addr: String,
+    pub zone: String,
+}
+
+/// The cluster settings; absent for a standalone node.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub zone: String,
+    pub raft_listen: SocketAddr,
+    /// Every member, this node included (empty with --join).
+    pub peers: BTreeMap<u64, Peer>,
+    pub join: bool,
+    pub secret: Option<String>,
+    pub inter_az_delay_ms: u64,
+    pub node_down_after_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +66,8 @@ pub struct ServeConfig {
     pub heartbeat: u16,
     pub max_message_size: u64,
     pub tick_ms: u64,
+    pub snapshot_every: u64,
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl ServeConfig {
@@ -84,12 +115,83 @@ impl ServeConfig {
                 .or(file.max_message_size)
                 .unwrap_or(128 * 1024 * 1024),
             tick_ms: args.tick_ms.or(file.tick_ms).unwrap_or(100),
+            snapshot_every: args
+                .snapshot_every
+                .or(file.snapshot_every)
+                .unwrap_or(20_000),
+            cluster: None,
         };
+        let peer_specs = if args.peers.is_empty() {
+            file.peers.unwrap_or_default()
+        } else {
+            args.peers
+        };
+        let raft_listen = args.raft_listen.or(file.raft_listen);
+        let join = args.join || file.join.unwrap_or(false);
+        let zone = args.az.or(file.az);
+        let cluster = if peer_specs.is_empty() && raft_listen.is_none() && !join {
+            None
+        } else {
+            let parsed = raftmq_raft::cluster::parse_peers(&peer_specs)?;
+            let node_id = config.node_id;
+            let mine = parsed.get(&node_id);
+            if !parsed.is_empty() && mine.is_none() && !join {
+                anyhow::bail!(
+                    "--peer lists nodes {:?} but not this node ({node_id}); list every member, this one included, or start with --join to be added later",
+                    parsed.keys().collect::<Vec<_>>()
+                );
+            }
+            let raft_listen = match (raft_listen, mine) {
+                (Some(addr), _) => addr,
+                (None, Some((addr, _))) => addr
+                    .to_socket_addrs()
+                    .with_context(|| format!("cannot resolve this node's raft address {addr}"))?
+                    .next()
+                    .with_context(|| {
+                        format!("this node's raft address {addr} resolves to nothing")
+                    })?,
+                (None, None) => {
+                    anyhow::bail!("cluster mode needs --raft-listen (or this node in --peer)")
+                }
+            };
+            let zone = zone
+                .or_else(|| mine.map(|(_, z)| z.clone()))
+                .unwrap_or_default();
+            if let Some((_, peer_zone)) = mine {
+                if !peer_zone.is_empty() && *peer_zone != zone {
+                    anyhow::bail!(
+                        "--az {zone} differs from this node's zone in --peer ({peer_zone})"
+                    );
+                }
+            }
+            Some(ClusterConfig {
+                zone,
+                raft_listen,
+                peers: parsed
+                    .into_iter()
+                    .map(|(id, (raft_addr, zone))| (id, Peer { raft_addr, zone }))
+                    .collect(),
+                join,
+                secret: args.cluster_secret.or(file.cluster_secret),
+                inter_az_delay_ms: args
+                    .inter_az_delay_ms
+                    .or(file.inter_az_delay_ms)
+                    .unwrap_or(0),
+                node_down_after_ms: args
+                    .node_down_after_ms
+                    .or(file.node_down_after_ms)
+                    .unwrap_or(5000),
+            })
+        };
+        let config = ServeConfig { cluster, ..config };
         if config.node_id == 0 {
             anyhow::bail!("--node-id must be at least 1");
         }
         if config.frame_max < 4096 {
             anyhow::bail!("--frame-max must be at least 4096 (AMQP 0-9-1 frame-min-size)");
+        }
+        if config.snapshot_every == 0 {
+            anyhow::bail!("--snapshot-every must be at least 1");
         }
         if config.tick_ms == 0 {
             anyhow::bail!("--tick-ms must be at least 1");

@@ -4,9 +4,11 @@
 //! - `args`: the clap definitions (every flag has help text and a RAFTMQ_* variable)
 //! - `config`: flags > environment > TOML file > defaults
 //! - `serve`: wires the log, the broker and the HTTP endpoints together
-//! - `http`: the HTTP endpoints (/health)
+//! - `http`: the HTTP endpoints (/health, /cluster, /admin/faults) and their client
+//! - `cluster_cmd`: `raftmq cluster ...`
 
 mod args;
+mod cluster_cmd;
 mod config;
 mod http;
 mod serve;
@@ -19,6 +21,7 @@ fn main() {
     let result: Result<()> = match cli.command {
         args::Command::Serve(a) => config::ServeConfig::resolve(a).and_then(serve::run),
         args::Command::Health(a) => http::print_health(a.http),
+        args::Command::Cluster(c) => cluster_cmd::run(c),
     };
     if let Err(e) = result {
         eprintln!("raftmq: error: {e:#}");

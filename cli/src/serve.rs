@@ -1,6 +1,8 @@
-//! `raftmq serve`: take the data directory, open the log, announce this node's new life,
-//! then serve AMQP and HTTP until SIGTERM/SIGINT; then close client connections with 320
-//! CONNECTION_FORCED, let the log drain and flush, and exit 0.
+//! `raftmq serve`: take the data directory, open the log (in a cluster: start the raft
+//! transport and wait for a leader), announce this node's new life, then serve AMQP and HTTP
+//! until SIGTERM/SIGINT; then close client connections with 320 CONNECTION_FORCED, let the log
+//! drain and flush, and exit 0. When the cluster ends this node's life (it was cut off and
+//! declared lost), its clients are disconnected and a new life begins.
 
 use crate::args::LogFormat;
 use crate::config::ServeConfig;
@@ -9,11 +11,13 @@ use anyhow::{Context, Result};
 use raftmq_broker::connection::auth::Users;
 use raftmq_broker::dispatch::Dispatcher;
 use raftmq_broker::log::proposal_channel;
+use raftmq_broker::reply_code::{self, CONNECTION_FORCED};
 use raftmq_broker::server::{serve, Broker, BrokerConfig};
 use raftmq_raft::{LogConfig, LogNode, LogStatus, NodeInfo};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Commands waiting to be ordered: enough for bursts from many connections, small enough
@@ -40,12 +44,22 @@ struct NodeHealth {
 
 impl HealthSource for NodeHealth {
     fn health(&self) -> Health {
+        let metrics = self.log.metrics();
+        let role = self.log.role();
         Health {
             node_id: self.node_id,
-            role: self.log.role().to_string(),
+            role: role.to_string(),
             status: "ok",
             connections: self.dispatcher.connection_count(),
-            last_applied: self.log.metrics().last_applied.map(|id| id.index),
+            last_applied: metrics.last_applied.map(|id| id.index),
+            leader: if role == raftmq_raft::Role::Follower
+                && metrics.current_leader == Some(self.node_id)
+            {
+                None
+            } else {
+                metrics.current_leader
+            },
+            term: metrics.current_term,
         }
     }
 }
@@ -73,6 +87,44 @@ async fn run_async(config: ServeConfig) -> Result<()> {
         },
     );
     log_config.tick_interval = Duration::from_millis(config.tick_ms);
+    log_config.snapshot_every_entries = config.snapshot_every;
+    if let Some(cluster) = &config.cluster {
+        log_config.node.raft_addr = match cluster.peers.get(&config.node_id) {
+            Some(peer) => peer.raft_addr.clone(),
+            None => cluster.raft_listen.to_string(),
+        };
+        log_config.node.zone = cluster.zone.clone();
+        log_config.raft_listen = Some(cluster.raft_listen);
+        log_config.join = cluster.join;
+        log_config.cluster_secret = cluster.secret.clone().unwrap_or_default().into_bytes();
+        log_config.inter_az_delay = Duration::from_millis(cluster.inter_az_delay_ms);
+        log_config.node_down_after = Duration::from_millis(cluster.node_down_after_ms);
+        log_config.peers = cluster
+            .peers
+            .iter()
+            .map(|(id, peer)| {
+                let amqp_addr = if *id == config.node_id {
+                    config.amqp_listen.to_string()
+                } else {
+                    String::new()
+                };
+                let info = NodeInfo {
+                    raft_addr: peer.raft_addr.clone(),
+                    amqp_addr,
+                    zone: peer.zone.clone(),
+                };
+                (*id, info)
+            })
+            .collect::<BTreeMap<_, _>>();
+        if cluster.secret.is_none() {
+            warn!("no --cluster-secret: any process that reaches {} can join this cluster or write to its log", cluster.raft_listen);
+        }
+        let zones = cluster.peers.iter().map(|(id, p)| (*id, p.zone.as_str()));
+        if let Some(warning) = raftmq_raft::cluster::zone_warning(zones) {
+            warn!("{warning}");
+        }
+        info!(zone = %cluster.zone, raft = %cluster.raft_listen, peers = cluster.peers.len(), join = cluster.join, "cluster mode");
+    }
     // The data directory lock comes first: a second `serve` on the same directory must fail
     // at once, before it binds any port.
     let log = LogNode::open(log_config, dispatcher.clone())
@@ -87,15 +139,15 @@ async fn run_async(config: ServeConfig) -> Result<()> {
         .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
 
     // A new life for this node: the machine forgets the connections of the previous one and,
-    // standalone, drops transient queues and messages as a RabbitMQ node restart does.
-    let epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos() as u64;
-    log.start_node(epoch, true)
-        .await
-        .context("cannot record the node start in the log")?;
+    // standalone, drops transient queues and messages as a RabbitMQ node restart does (in a
+    // cluster they live on the other members).
+    let standalone = config.cluster.is_none();
+    let epoch = new_epoch()?;
     let (proposer, proposals) = proposal_channel(PROPOSAL_QUEUE);
     let proposer_task = log.spawn_proposer(proposals);
+    log.start_life(epoch, standalone)
+        .await
+        .context("cannot record the node start in the log")?;
 
     let broker_config = BrokerConfig {
         users: Users::new(config.default_user.clone()),
@@ -118,9 +170,15 @@ async fn run_async(config: ServeConfig) -> Result<()> {
         log: log.status(),
         dispatcher: dispatcher.clone(),
     });
+    let admin = http::Admin {
+        cluster: log.admin(),
+        secret: config.cluster.as_ref().and_then(|c| c.secret.clone()),
+    };
+    let log = Arc::new(log);
+    let lives = tokio::spawn(renew_lives(log.clone(), broker.clone()));
     let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
-        let _ = axum::serve(http_listener, http::router(health))
+        let _ = axum::serve(http_listener, http::router(health, admin))
             .with_graceful_shutdown(async move {
                 let _ = http_stop_rx.await;
             })
@@ -131,13 +189,46 @@ async fn run_async(config: ServeConfig) -> Result<()> {
     serve(amqp, broker.clone(), shutdown_signal()).await;
 
     info!("draining the log");
+    lives.abort();
+    let _ = lives.await;
     drop(broker);
     let _ = tokio::time::timeout(Duration::from_secs(10), proposer_task).await;
     let _ = http_stop_tx.send(());
     let _ = http_task.await;
-    log.shutdown().await;
+    match Arc::try_unwrap(log) {
+        Ok(log) => log.shutdown().await,
+        Err(_) => warn!("the log is still in use at shutdown; leaving it to the process exit"),
+    }
     info!("stopped");
     Ok(())
+}
+
+fn new_epoch() -> Result<u64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64)
+}
+
+/// When the cluster ends this node's life (it was cut off long enough to be declared lost),
+/// its clients are disconnected (they reconnect, here or elsewhere) and a new life begins.
+async fn renew_lives(log: Arc<LogNode>, broker: Arc<Broker>) {
+    let mut lost = log.life_lost();
+    while lost.changed().await.is_ok() {
+        let Ok(epoch) = new_epoch() else { return };
+        warn!(epoch, "this node was declared lost by the cluster: disconnecting its clients and starting a new life");
+        broker.new_life(
+            epoch,
+            CONNECTION_FORCED,
+            &reply_code::text(
+                CONNECTION_FORCED,
+                "this node lost contact with the cluster; reconnect",
+            ),
+        );
+        if let Err(e) = log.start_life(epoch, false).await {
+            warn!(error = %e, "starting a new life failed");
+            return;
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -6,24 +6,30 @@
 //! - [`store`]: the RocksDB database (column families `logs`, `meta`, `sm`) and the log store.
 //! - [`state_machine`]: the state-machine store: broker `State` in memory, effects to the
 //!   broker's `EffectSink`, snapshots.
-//! - [`network`]: how nodes reach each other (a stub until the TCP transport arrives).
+//! - [`transport`]: the node-to-node TCP transport (secret handshake, zone delay, faults).
+//! - [`network`]: openraft's view of the transport.
+//! - [`cluster`]: member lists, zones, membership changes, status, node-loss detection.
 //! - [`lock`]: the data directory's exclusive lock file.
-//! - `proposer`: the group-commit batcher from the broker's proposal channel to openraft.
+//! - `proposer`: the group-commit batcher: batches, forwards to the leader, retries, dedups.
 //! - [`node`]: [`LogNode`], which ties it together: open, propose, status, shutdown.
 //! - `store_suite` (tests only): openraft's storage test suite against these stores.
 //!
 //! The broker knows none of this: it sees a `Proposer` and an `EffectSink`.
 
+pub mod cluster;
 pub mod lock;
 pub mod network;
 pub mod node;
 mod proposer;
 pub mod state_machine;
 pub mod store;
+pub mod transport;
 pub mod types;
 
+pub use cluster::{ClusterAdmin, ClusterStatus, MemberStatus};
 pub use lock::{DataDirLock, LockError};
 pub use node::{LogConfig, LogNode, LogOpenError, LogStatus, ProposeError, Role};
+pub use transport::Direction;
 pub use types::{NodeInfo, TypeConfig};
 
 pub use openraft;

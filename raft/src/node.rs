@@ -1,31 +1,34 @@
 //! [`LogNode`]: one node's replicated log, as the broker uses it. `open` locks the data
-//! directory, opens RocksDB, starts openraft, forms a one-member group on a fresh directory and
-//! waits until the node leads and has applied its whole log; `spawn_proposer` turns the broker's
-//! proposal channel into group-committed entries; `shutdown` drains and closes everything in
-//! order. Membership changes and the node-to-node transport are not here (the network is the
-//! pluggable stub in `network.rs`), so the stores and this type carry over to clusters.
+//! directory, opens RocksDB, starts openraft and the node-to-node transport, forms the group on
+//! a fresh directory (one member standalone, the `--peer` list in a cluster) and waits until a
+//! leader is known and this node has applied its whole log; `spawn_proposer` turns the broker's
+//! proposal channel into group-committed batches; `start_life` announces this process's life;
+//! `shutdown` drains and closes everything in order. Membership changes, status and node-loss
+//! detection are in `cluster.rs`.
 
+use crate::cluster::{self, ClusterAdmin};
 use crate::lock::{DataDirLock, LockError};
-use crate::network::NoNetwork;
-use crate::proposer::{now_ms, BatchLimits, Batcher};
+use crate::network::TcpNetwork;
+use crate::proposer::{BatchLimits, Batcher, Control, Router};
 use crate::state_machine::{open_stores, Applied, ApplyStats};
 use crate::store::{open_db, StoreError};
+use crate::transport::{server, Transport, TransportConfig};
 use crate::types::{NodeInfo, Raft, RaftMetrics};
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use raftmq_broker::ids::NodeId;
 use raftmq_broker::log::{EffectSink, ProposalReceiver};
-use raftmq_broker::machine::command::{Command, Entry};
 use raftmq_broker::machine::State;
 use rocksdb::DB;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -38,6 +41,20 @@ pub struct LogConfig {
     pub data_dir: PathBuf,
     /// This node's addresses and zone, recorded in the membership.
     pub node: NodeInfo,
+    /// The members a fresh cluster forms with (this node among them). Empty: standalone, a
+    /// one-member group.
+    pub peers: BTreeMap<NodeId, NodeInfo>,
+    /// Do not form a group on a fresh directory: wait to be added to a running cluster.
+    pub join: bool,
+    /// Where the node-to-node transport listens (none: standalone, no peers).
+    pub raft_listen: Option<SocketAddr>,
+    /// The shared cluster secret (empty: none).
+    pub cluster_secret: Vec<u8>,
+    /// Simulated latency added to each message between nodes of different zones.
+    pub inter_az_delay: Duration,
+    /// The leader declares a member lost (ends its connections, requeues their deliveries)
+    /// after hearing nothing from it for this long.
+    pub node_down_after: Duration,
     /// At most this many commands go into one log entry.
     pub max_commands_per_entry: usize,
     /// At most about this many bytes (by `Command::approx_size`) go into one log entry; a
@@ -69,13 +86,19 @@ impl LogConfig {
             node_id,
             data_dir: data_dir.into(),
             node,
+            peers: BTreeMap::new(),
+            join: false,
+            raft_listen: None,
+            cluster_secret: Vec::new(),
+            inter_az_delay: Duration::ZERO,
+            node_down_after: Duration::from_secs(5),
             max_commands_per_entry: 4096,
             max_bytes_per_entry: 8 * 1024 * 1024,
             max_entries_in_flight: 16,
             tick_interval: Duration::from_millis(100),
             snapshot_every_entries: 20_000,
             logs_kept_after_snapshot: 1_000,
-            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_interval: Duration::from_millis(50),
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(600),
             open_timeout: Duration::from_secs(120),
@@ -127,6 +150,11 @@ pub enum LogOpenError {
         node_id: NodeId,
         members: Vec<NodeId>,
     },
+    #[error("cannot listen for the raft transport on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the log did not become ready within {timeout:?}: {detail}")]
     NotReady { timeout: Duration, detail: String },
 }
@@ -153,6 +181,9 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ProposeErro
         }
     }
 }
+
+/// A leader that no majority acknowledged for this long reports itself a follower.
+pub const QUORUM_LOST_AFTER_MS: u64 = 1000;
 
 /// This node's part in the group, for `/health` and `cluster status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,8 +216,16 @@ impl Role {
                     metrics.membership_config.membership().voter_ids().collect();
                 if voters.len() == 1 && voters.contains(&metrics.id) {
                     Role::Standalone
-                } else {
+                } else if metrics
+                    .millis_since_quorum_ack
+                    .is_some_and(|ms| ms <= QUORUM_LOST_AFTER_MS)
+                {
                     Role::Leader
+                } else {
+                    // openraft keeps the title until it hears a higher term, but a leader that
+                    // no majority has acknowledged lately commits nothing: it has stepped down
+                    // in all but name, and says so.
+                    Role::Follower
                 }
             }
             ServerState::Follower => Role::Follower,
@@ -244,17 +283,23 @@ pub struct LogNode {
     db: Arc<DB>,
     status: LogStatus,
     sink: Arc<dyn EffectSink>,
+    transport: Arc<Transport>,
+    admin: Arc<ClusterAdmin>,
+    control: mpsc::Sender<Control>,
+    control_rx: std::sync::Mutex<Option<mpsc::Receiver<Control>>>,
+    life_lost: watch::Sender<u64>,
     stop: watch::Sender<bool>,
     done_tx: mpsc::Sender<()>,
     done_rx: mpsc::Receiver<()>,
+    tasks: Vec<JoinHandle<()>>,
     lock: DataDirLock,
     span: tracing::Span,
 }
 
 impl LogNode {
-    /// Opens the node's log in `config.data_dir` (created if missing) and returns once this node
-    /// leads a group and has applied its whole log. Fails at once when another process holds the
-    /// data directory.
+    /// Opens the node's log in `config.data_dir` (created if missing) and returns once a leader
+    /// is known and this node has applied its whole log. Fails at once when another process
+    /// holds the data directory.
     pub async fn open(
         config: LogConfig,
         sink: Arc<dyn EffectSink>,
@@ -278,6 +323,14 @@ impl LogNode {
         // The lock comes first: nothing in the directory is touched before we own it.
         let lock = DataDirLock::acquire(&dir)?;
         let raft_config = Arc::new(config.raft_config()?);
+        let raft_listener = match config.raft_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| LogOpenError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
 
         let db_path = dir.join("db");
         let store_err = |source| LogOpenError::Store {
@@ -292,25 +345,66 @@ impl LogNode {
         let applied = sm.applied();
         let stats = sm.stats();
 
-        let raft = Raft::new(config.node_id, raft_config, NoNetwork, log_store, sm)
-            .await
-            .map_err(LogOpenError::Raft)?;
+        let transport = Arc::new(Transport::new(TransportConfig {
+            node_id: config.node_id,
+            zone: config.node.zone.clone(),
+            secret: config.cluster_secret.clone(),
+            inter_az_delay: config.inter_az_delay,
+            connect_timeout: Duration::from_secs(2),
+        }));
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            TcpNetwork::new(transport.clone()),
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(LogOpenError::Raft)?;
         let status = LogStatus {
             raft: raft.clone(),
             applied,
             stats,
         };
+        let admin = Arc::new(ClusterAdmin::new(
+            config.node_id,
+            raft.clone(),
+            transport.clone(),
+            status.clone(),
+        ));
         let (stop, _) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
+        let (control, control_rx) = mpsc::channel(4);
+        let (life_lost, _) = watch::channel(0);
+        let mut tasks = Vec::new();
+        if let Some(listener) = raft_listener {
+            let handler: Arc<dyn server::AdminHandler> = admin.clone();
+            tasks.push(tokio::spawn(
+                server::run(
+                    listener,
+                    transport.clone(),
+                    raft.clone(),
+                    handler,
+                    stop.subscribe(),
+                )
+                .instrument(span.clone()),
+            ));
+        }
         let node = LogNode {
             config,
             raft,
             db,
             status,
             sink,
+            transport,
+            admin,
+            control,
+            control_rx: std::sync::Mutex::new(Some(control_rx)),
+            life_lost,
             stop,
             done_tx,
             done_rx,
+            tasks,
             lock,
             span,
         };
@@ -323,9 +417,10 @@ impl LogNode {
         }
     }
 
-    /// Forms the one-member group on a fresh log; on an existing one, campaigns at once when this
-    /// node is the only voter (instead of waiting an election timeout). Then waits until this
-    /// node leads and has applied everything in its log.
+    /// Forms the group on a fresh log (unless joining); on an existing one-member log,
+    /// campaigns at once instead of waiting an election timeout. Then waits until a leader is
+    /// known and this node has applied everything in its log. A cluster member waits as long
+    /// as it takes for a majority to come up; a standalone node fails after `open_timeout`.
     async fn become_ready(&self) -> Result<(), LogOpenError> {
         let id = self.config.node_id;
         let initialized = self
@@ -334,14 +429,25 @@ impl LogNode {
             .await
             .map_err(LogOpenError::Raft)?;
         if !initialized {
-            tracing::info!(node = %self.config.node, "fresh log: forming a one-member raft group");
-            let members = BTreeMap::from([(id, self.config.node.clone())]);
-            match self.raft.initialize(members).await {
-                Ok(()) => {}
-                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                    tracing::info!(reason = %e, "raft group already formed");
+            if self.config.join {
+                tracing::info!(node = %self.config.node, "fresh log: waiting to be added to a cluster (raftmq cluster add)");
+            } else {
+                let members = if self.config.peers.is_empty() {
+                    BTreeMap::from([(id, self.config.node.clone())])
+                } else {
+                    self.config.peers.clone()
+                };
+                tracing::info!(members = members.len(), "fresh log: forming the raft group");
+                // Every member of a new cluster does this with the same member list; that is
+                // safe (the first membership entry is identical everywhere) and lets whichever
+                // nodes come up first form the majority.
+                match self.raft.initialize(members).await {
+                    Ok(()) => {}
+                    Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                        tracing::info!(reason = %e, "raft group already formed");
+                    }
+                    Err(e) => return Err(LogOpenError::Initialize(e.to_string())),
                 }
-                Err(e) => return Err(LogOpenError::Initialize(e.to_string())),
             }
         } else {
             let metrics = self.status.metrics();
@@ -363,35 +469,46 @@ impl LogNode {
             }
         }
 
-        let timeout = self.config.open_timeout;
+        let clustered = self.config.raft_listen.is_some();
+        let started = tokio::time::Instant::now();
         let sole_voter = |m: &RaftMetrics| {
             let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
             voters.len() == 1 && voters.contains(&m.id)
         };
-        let ready = self
-            .raft
-            .wait(Some(timeout))
-            .metrics(
-                move |m| {
-                    let caught_up = m.last_applied.map(|l| l.index) >= m.last_log_index;
-                    // With peers, being caught up with any leader is enough; a one-member group
-                    // must lead itself.
-                    caught_up
-                        && (m.state == ServerState::Leader
-                            || (!sole_voter(m) && m.current_leader.is_some()))
-                },
-                "leader (or following one) with the whole log applied",
-            )
-            .await;
-        match ready {
-            Ok(m) => {
-                tracing::info!(role = %Role::of(&m), term = m.current_term, last_applied = ?m.last_applied.map(|l| l.index), "log ready");
-                Ok(())
+        loop {
+            let step = Duration::from_secs(10);
+            let ready = self
+                .raft
+                .wait(Some(step))
+                .metrics(
+                    move |m| {
+                        let caught_up = m.last_applied.map(|l| l.index) >= m.last_log_index;
+                        // With peers, being caught up with any leader is enough; a one-member
+                        // group must lead itself.
+                        caught_up
+                            && (m.state == ServerState::Leader
+                                || (!sole_voter(m) && m.current_leader.is_some()))
+                    },
+                    "leader (or following one) with the whole log applied",
+                )
+                .await;
+            match ready {
+                Ok(m) => {
+                    tracing::info!(role = %Role::of(&m), term = m.current_term, leader = ?m.current_leader, last_applied = ?m.last_applied.map(|l| l.index), "log ready");
+                    return Ok(());
+                }
+                Err(e) => {
+                    let timeout = self.config.open_timeout;
+                    if !clustered && started.elapsed() >= timeout {
+                        return Err(LogOpenError::NotReady {
+                            timeout,
+                            detail: e.to_string(),
+                        });
+                    }
+                    let m = self.status.metrics();
+                    tracing::info!(state = ?m.state, leader = ?m.current_leader, term = m.current_term, "waiting for a leader (a majority of the members must be up)");
+                }
             }
-            Err(e) => Err(LogOpenError::NotReady {
-                timeout,
-                detail: e.to_string(),
-            }),
         }
     }
 
@@ -403,31 +520,50 @@ impl LogNode {
         &self.config.data_dir
     }
 
-    /// Proposes `NodeStarted { node, epoch, drop_transient }` for this node and returns once it
-    /// is applied: every connection of this node's earlier lives is gone from the state.
-    pub async fn start_node(&self, epoch: u64, drop_transient: bool) -> Result<(), ProposeError> {
-        let entry = Entry {
-            now_ms: now_ms(),
-            commands: vec![Command::NodeStarted {
-                node: self.config.node_id,
+    /// Announces a life of this process (`NodeStarted { node, epoch, drop_transient }`) and
+    /// returns once it is applied: every connection of this node's earlier lives is gone from
+    /// the state, and batches of this life are taken. Needs the proposer running.
+    pub async fn start_life(&self, epoch: u64, drop_transient: bool) -> Result<(), ProposeError> {
+        let (done, result) = oneshot::channel();
+        self.control
+            .send(Control::NewLife {
                 epoch,
                 drop_transient,
-            }],
-        };
-        let response = self
-            .raft
-            .client_write(entry)
-            .instrument(self.span.clone())
-            .await?;
-        tracing::info!(parent: &self.span, epoch, drop_transient, index = response.log_id.index, "node started");
-        Ok(())
+                done,
+            })
+            .await
+            .map_err(|_| ProposeError::Failed("the proposer is not running".into()))?;
+        result
+            .await
+            .map_err(|_| ProposeError::Failed("the proposer stopped".into()))?
+            .map_err(ProposeError::Failed)
+    }
+
+    /// Changes (by one) each time the cluster ends this node's life (it was cut off and
+    /// declared lost): the owner must close its clients and call `start_life` with a new epoch.
+    pub fn life_lost(&self) -> watch::Receiver<u64> {
+        self.life_lost.subscribe()
     }
 
     /// Starts the group-commit batcher that reads `proposals` until the channel closes (every
-    /// `Proposer` dropped) or the node shuts down, and writes them to the log in order.
+    /// `Proposer` dropped) or the node shuts down, and writes them to the log in order; and, in
+    /// a cluster, the watch that declares silent members lost. Call once.
     pub fn spawn_proposer(&self, proposals: ProposalReceiver) -> JoinHandle<()> {
+        let control = self
+            .control_rx
+            .lock()
+            .expect("control lock")
+            .take()
+            .expect("spawn_proposer is called once");
         let batcher = Batcher {
+            node_id: self.config.node_id,
             raft: self.raft.clone(),
+            status: self.status.clone(),
+            router: Router::new(
+                self.raft.clone(),
+                self.config.node_id,
+                self.transport.clone(),
+            ),
             sink: self.sink.clone(),
             limits: BatchLimits {
                 max_commands_per_entry: self.config.max_commands_per_entry.max(1),
@@ -435,9 +571,24 @@ impl LogNode {
                 max_entries_in_flight: self.config.max_entries_in_flight.max(1),
                 tick_interval: self.config.tick_interval,
             },
+            control,
+            life_lost: self.life_lost.clone(),
             stop: self.stop.subscribe(),
             _done: self.done_tx.clone(),
         };
+        if self.config.raft_listen.is_some() {
+            tokio::spawn(
+                cluster::watch_members(
+                    self.config.node_id,
+                    self.raft.clone(),
+                    self.status.clone(),
+                    self.transport.clone(),
+                    self.config.node_down_after,
+                    self.stop.subscribe(),
+                )
+                .instrument(self.span.clone()),
+            );
+        }
         let span = tracing::info_span!(parent: &self.span, "proposer");
         tokio::spawn(batcher.run(proposals).instrument(span))
     }
@@ -455,18 +606,23 @@ impl LogNode {
         self.status.clone()
     }
 
+    /// Membership changes, cluster status and fault injection.
+    pub fn admin(&self) -> Arc<ClusterAdmin> {
+        self.admin.clone()
+    }
+
     /// Runs `f` on the applied broker state under a read lock.
     pub fn read_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         self.status.read_state(f)
     }
 
-    /// The openraft handle, for the transport and admin commands of later issues.
+    /// The openraft handle.
     pub fn raft(&self) -> &Raft {
         &self.raft
     }
 
-    /// Stops the proposers after they wrote what was queued, stops raft, closes RocksDB, and
-    /// releases the data directory's lock, in that order.
+    /// Stops the proposers after they wrote what was queued, stops the transport and raft,
+    /// closes RocksDB, and releases the data directory's lock, in that order.
     pub async fn shutdown(self) {
         let span = self.span.clone();
         self.shutdown_inner().instrument(span).await
@@ -479,14 +635,21 @@ impl LogNode {
             db,
             status,
             sink,
+            transport,
+            admin,
+            control,
+            control_rx,
+            life_lost,
             stop,
             done_tx,
             mut done_rx,
+            tasks,
             lock,
             span: _,
         } = self;
         let _ = stop.send(true);
         drop(done_tx);
+        drop(control_rx);
         // Every batcher holds a clone of `done_tx`; recv returns None once all have finished.
         if tokio::time::timeout(config.shutdown_timeout, done_rx.recv())
             .await
@@ -494,12 +657,19 @@ impl LogNode {
         {
             tracing::warn!(timeout = ?config.shutdown_timeout, "proposers did not drain in time; stopping raft anyway");
         }
+        for task in tasks {
+            task.abort();
+        }
         if let Err(e) = raft.shutdown().await {
             tracing::warn!(error = %e, "raft core ended with an error");
         }
         drop(raft);
         drop(status);
         drop(sink);
+        drop(admin);
+        drop(transport);
+        drop(control);
+        drop(life_lost);
         // openraft's state-machine task and a snapshot build may still hold the database for a
         // moment after the core stopped; the lock must outlive the last handle, or a successor
         // could open the directory while we still write to it.

@@ -444,6 +444,11 @@ mod tests {
                 epoch: 3,
                 drop_transient: true,
             }],
+            origin: Some(raftmq_broker::machine::command::Origin {
+                node: 1,
+                epoch: 3,
+                seq: 4,
+            }),
         };
         let mut nodes = BTreeMap::new();
         nodes.insert(

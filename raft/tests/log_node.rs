@@ -99,9 +99,9 @@ async fn a_fresh_directory_forms_a_one_member_group_and_applies_proposed_command
     assert!(dir.path().join("data/raftmq.lock").exists());
     assert!(dir.path().join("data/db").is_dir());
 
-    node.start_node(1, true).await.expect("node started");
     let (proposer, proposals) = proposal_channel(1024);
     let task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
     for i in 0..5 {
         proposer
             .submit(queue_declare(i, &format!("q{i}")))
@@ -149,9 +149,9 @@ async fn reopening_restores_the_state_from_snapshot_and_log() {
     let node = LogNode::open(cfg.clone(), Arc::new(RecordingSink::default()))
         .await
         .expect("open");
-    node.start_node(1, true).await.unwrap();
     let (proposer, proposals) = proposal_channel(16);
     let _task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
     for i in 0..40 {
         proposer.submit(queue_declare(i, "q")).await.unwrap();
         // One entry per command most of the time, so the log grows past the snapshot policy.
@@ -246,6 +246,7 @@ async fn group_commit_turns_ten_thousand_commands_into_few_entries() {
         .expect("open");
     let (proposer, proposals) = proposal_channel(4096);
     let _task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
     let status = node.status();
     let (entries_before, commands_before) = status.applied_counts();
 
@@ -285,6 +286,7 @@ async fn idle_ticks_propose_empty_entries_that_move_the_clock() {
         .expect("open");
     let (_proposer, proposals) = proposal_channel(16);
     let _task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
     let status = node.status();
     let start_entries = status.applied_counts().0;
     wait_until("three tick entries", Duration::from_secs(5), || {
@@ -308,6 +310,7 @@ async fn commands_that_cannot_be_written_close_their_connections() {
         .expect("open");
     let (proposer, proposals) = proposal_channel(16);
     let _task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
     // Raft stops underneath the proposer, as on a fatal storage error.
     node.raft().shutdown().await.unwrap();
     proposer.submit(queue_declare(7, "q")).await.unwrap();
@@ -382,6 +385,7 @@ async fn batch_limits_bound_the_commands_and_bytes_of_one_entry() {
     }
     let (entries_before, commands_before) = status.applied_counts();
     let _task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
     wait_until("1000 commands applied", Duration::from_secs(10), || {
         status.applied_counts().1 - commands_before >= 1000
     })

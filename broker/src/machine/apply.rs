@@ -72,7 +72,9 @@ fn settle_method(s: &Settle) -> (u16, u16) {
 /// The AMQP class and method ids of the method a command stands for.
 pub fn class_method(cmd: &Command) -> (u16, u16) {
     match cmd {
-        Command::NodeStarted { .. } | Command::ConnectionClosed { .. } => (0, 0),
+        Command::NodeStarted { .. }
+        | Command::NodeLost { .. }
+        | Command::ConnectionClosed { .. } => (0, 0),
         Command::ChannelClosed { .. } => (20, 40),
         Command::ExchangeDeclare { .. } => (40, 10),
         Command::ExchangeDelete { .. } => (40, 20),
@@ -104,6 +106,23 @@ fn reply(cx: &mut Ctx, ch: ChannelRef, nowait: bool, reply: Reply) {
 impl State {
     pub(crate) fn apply_command(&mut self, cmd: &Command, cx: &mut Ctx) {
         if let Some(conn) = cmd.conn() {
+            if !self.conn_is_live(conn) {
+                // A connection of an ended life (its node restarted or was declared lost):
+                // nothing it sends counts. Tell its node to close it, in case it has not yet.
+                if !matches!(cmd, Command::ConnectionClosed { .. }) {
+                    cx.fx.push(Effect::ConnectionError {
+                        conn,
+                        reply_code: reply_code::CONNECTION_FORCED,
+                        reply_text: reply_code::text(
+                            reply_code::CONNECTION_FORCED,
+                            "this connection's node lost contact with the cluster; reconnect",
+                        ),
+                        class_id: 0,
+                        method_id: 0,
+                    });
+                }
+                return;
+            }
             if self.errored_conns.contains(&conn) {
                 // The connection is closing after a connection error: its pipelined commands
                 // are ignored; its ConnectionClosed ends the quarantine.
@@ -120,6 +139,7 @@ impl State {
                 epoch,
                 drop_transient,
             } => self.node_started(*node, *epoch, *drop_transient, cx),
+            Command::NodeLost { node, epoch } => self.node_lost(*node, *epoch, cx),
             Command::ConnectionClosed { conn } => self.close_connection(*conn, cx),
             Command::ChannelClosed { ch } => {
                 self.errored_channels.remove(ch);
@@ -171,6 +191,7 @@ impl State {
     fn dispatch(&mut self, ch: ChannelRef, cmd: &Command, cx: &mut Ctx) -> Result<(), Fail> {
         match cmd {
             Command::NodeStarted { .. }
+            | Command::NodeLost { .. }
             | Command::ConnectionClosed { .. }
             | Command::ChannelClosed { .. } => Ok(()),
             Command::ExchangeDeclare {
@@ -900,6 +921,22 @@ impl State {
     /// `drop_transient`, non-durable queues and exchanges and transient messages go too (as
     /// after a RabbitMQ node restart).
     fn node_started(&mut self, node: NodeId, epoch: u64, drop_transient: bool, cx: &mut Ctx) {
+        // Announcing the same life again (a proposer that could not tell whether its first
+        // announcement was committed) keeps that life's batch count.
+        let same_life = self
+            .nodes
+            .get(&node)
+            .is_some_and(|l| l.epoch == epoch && !l.lost);
+        if !same_life {
+            self.nodes.insert(
+                node,
+                super::NodeLife {
+                    epoch,
+                    lost: false,
+                    last_seq: 0,
+                },
+            );
+        }
         let stale = |c: &crate::ids::ConnId| c.node == node && c.epoch != epoch;
         let mut conns = BTreeSet::new();
         conns.extend(self.channels.keys().map(|c| c.conn).filter(stale));
@@ -934,6 +971,37 @@ impl State {
         }
         for q in self.queues.values_mut() {
             self.stats.removed += q.retain_ready(|m| m.persistent);
+        }
+    }
+}
+
+impl State {
+    /// Ends `node`'s life `epoch` (if it is still the current one): its connections are closed
+    /// here as if they had dropped, and told to close on the node, should it still be running.
+    fn node_lost(&mut self, node: NodeId, epoch: u64, cx: &mut Ctx) {
+        match self.nodes.get_mut(&node) {
+            Some(life) if life.epoch == epoch && !life.lost => life.lost = true,
+            _ => return,
+        }
+        let of_node = |c: &crate::ids::ConnId| c.node == node;
+        let mut conns = BTreeSet::new();
+        conns.extend(self.channels.keys().map(|c| c.conn).filter(of_node));
+        conns.extend(self.errored_channels.iter().map(|c| c.conn).filter(of_node));
+        conns.extend(self.owned_queues.iter().map(|(c, _)| *c).filter(of_node));
+        conns.extend(self.errored_conns.iter().copied().filter(of_node));
+        for conn in conns {
+            self.errored_conns.remove(&conn);
+            self.close_connection(conn, cx);
+            cx.fx.push(Effect::ConnectionError {
+                conn,
+                reply_code: reply_code::CONNECTION_FORCED,
+                reply_text: reply_code::text(
+                    reply_code::CONNECTION_FORCED,
+                    "this connection's node lost contact with the cluster; reconnect",
+                ),
+                class_id: 0,
+                method_id: 0,
+            });
         }
     }
 }

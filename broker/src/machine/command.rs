@@ -9,8 +9,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Version byte in front of every encoded [`Entry`].
-pub const ENTRY_FORMAT_VERSION: u8 = 1;
+/// Version byte in front of every encoded [`Entry`]. Version 1 (before clusters) had no
+/// `origin`; it is still read.
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
 
 /// One log entry: many commands from many channels share one entry and so one disk write
 /// (group commit). `now_ms` is the proposer's wall clock (milliseconds since the Unix epoch);
@@ -20,6 +21,28 @@ pub const ENTRY_FORMAT_VERSION: u8 = 1;
 pub struct Entry {
     pub now_ms: u64,
     pub commands: Vec<Command>,
+    /// Which node's proposer built this batch, in which life, and its place in that life's
+    /// sequence. A proposer that cannot tell whether a batch was committed (the leader died, a
+    /// forward was cut) proposes it again; `apply` takes each (node, epoch, seq) at most once and
+    /// only right after its predecessor, so a batch is applied exactly once and in order.
+    /// `None` for entries that may be applied any number of times (ticks, node starts).
+    pub origin: Option<Origin>,
+}
+
+/// The proposer of a batch: node, life (epoch of its `NodeStarted`) and sequence number
+/// (1, 2, 3, … within the life).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    pub node: NodeId,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// The version 1 layout, read for logs written before `origin` existed.
+#[derive(Deserialize)]
+struct EntryV1 {
+    now_ms: u64,
+    commands: Vec<Command>,
 }
 
 #[derive(Debug, Error)]
@@ -46,6 +69,14 @@ impl Entry {
         match bytes.split_first() {
             None => Err(EntryDecodeError::Empty),
             Some((&ENTRY_FORMAT_VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&1, rest)) => {
+                let v1: EntryV1 = postcard::from_bytes(rest)?;
+                Ok(Entry {
+                    now_ms: v1.now_ms,
+                    commands: v1.commands,
+                    origin: None,
+                })
+            }
             Some((&v, _)) => Err(EntryDecodeError::Version(v)),
         }
     }
@@ -245,13 +276,24 @@ pub enum Command {
         publishes: Vec<Publish>,
         settles: Vec<Settle>,
     },
+    /// The leader lost contact with `node` for longer than the node-down timeout: that life of
+    /// the node ends (if `epoch` is still its current life). Its connections are closed as if
+    /// they had dropped (consumers cancelled, unacknowledged deliveries requeued), and anything
+    /// it proposes later in that life is ignored; a node that was only cut off notices, closes
+    /// its clients and starts a new life.
+    NodeLost {
+        node: NodeId,
+        epoch: u64,
+    },
 }
 
 impl Command {
     /// The channel a command came from, if it came from one.
     pub fn channel(&self) -> Option<ChannelRef> {
         match self {
-            Command::NodeStarted { .. } | Command::ConnectionClosed { .. } => None,
+            Command::NodeStarted { .. }
+            | Command::NodeLost { .. }
+            | Command::ConnectionClosed { .. } => None,
             Command::ChannelClosed { ch }
             | Command::ExchangeDeclare { ch, .. }
             | Command::ExchangeDelete { ch, .. }

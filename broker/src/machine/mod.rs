@@ -76,6 +76,19 @@ pub struct State {
     pub next_queue_id: u64,
     pub next_consumer_id: u64,
     pub stats: Stats,
+    /// The current life of every node that announced one with `NodeStarted`.
+    pub nodes: BTreeMap<crate::ids::NodeId, NodeLife>,
+}
+
+/// One node's current life as the replicated state knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLife {
+    /// The epoch of its latest `NodeStarted`.
+    pub epoch: u64,
+    /// Declared lost by the leader (`NodeLost`): the life is over; the node must start anew.
+    pub lost: bool,
+    /// The sequence number of the last batch applied from this life (see `command::Origin`).
+    pub last_seq: u64,
 }
 
 impl Default for State {
@@ -120,8 +133,9 @@ impl Incoming<'_> {
     }
 }
 
-/// Version byte in front of an encoded snapshot.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// Version byte in front of an encoded snapshot. Version 2 added `nodes`; a version 1
+/// snapshot (single-node releases before clusters) is not read: replaying the log rebuilds it.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 
 impl State {
     /// A fresh broker: the vhost "/" with its pre-declared exchanges.
@@ -149,6 +163,7 @@ impl State {
             next_queue_id: 0,
             next_consumer_id: 0,
             stats: Stats::default(),
+            nodes: BTreeMap::new(),
         }
     }
 
@@ -159,11 +174,46 @@ impl State {
         let mut cx = Ctx::default();
         self.run_timers(&mut cx);
         self.run_pending(&mut cx);
+        if let Some(origin) = &entry.origin {
+            if !self.take_origin(origin) {
+                // A batch proposed again (already applied), out of order (its predecessor is
+                // missing: the proposer sends both again), or from an ended life: skipped whole.
+                return cx.fx;
+            }
+        }
         for command in &entry.commands {
             self.apply_command(command, &mut cx);
             self.run_pending(&mut cx);
         }
         cx.fx
+    }
+
+    /// Whether a batch from `origin` is the next one expected from that node's current life;
+    /// if so, records it as applied.
+    fn take_origin(&mut self, origin: &command::Origin) -> bool {
+        match self.nodes.get_mut(&origin.node) {
+            Some(life)
+                if life.epoch == origin.epoch && !life.lost && origin.seq == life.last_seq + 1 =>
+            {
+                life.last_seq = origin.seq;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether commands of `conn` still count: its node never announced a life (tests, tools),
+    /// or `conn` belongs to the node's current life and that life was not declared lost.
+    pub fn conn_is_live(&self, conn: ConnId) -> bool {
+        match self.nodes.get(&conn.node) {
+            None => true,
+            Some(life) => life.epoch == conn.epoch && !life.lost,
+        }
+    }
+
+    /// The current life of `node`, if it announced one.
+    pub fn node_life(&self, node: crate::ids::NodeId) -> Option<NodeLife> {
+        self.nodes.get(&node).copied()
     }
 
     /// The queue with this name, if any.

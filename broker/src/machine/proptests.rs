@@ -524,7 +524,11 @@ fn setup(now_ms: u64) -> Entry {
             arguments: FieldTable::default(),
         });
     }
-    Entry { now_ms, commands }
+    Entry {
+        now_ms,
+        commands,
+        origin: None,
+    }
 }
 
 /// A log being applied, with what the checks remember between entries.
@@ -624,12 +628,14 @@ fn run_generated(ops: &[(Op, bool)]) -> Result<Generated, TestCaseError> {
                 run.apply(Entry {
                     now_ms,
                     commands: std::mem::take(&mut pending),
+                    origin: None,
                 })?;
             }
             if let Some(cmd) = g.command(&run.state, op) {
                 run.apply(Entry {
                     now_ms,
                     commands: vec![cmd],
+                    origin: None,
                 })?;
             }
             continue;
@@ -642,6 +648,7 @@ fn run_generated(ops: &[(Op, bool)]) -> Result<Generated, TestCaseError> {
         run.apply(Entry {
             now_ms,
             commands: std::mem::take(&mut pending),
+            origin: None,
         })?;
     }
     let Run {

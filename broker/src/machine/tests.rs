@@ -1,7 +1,7 @@
 //! Unit tests of the machine, one per rule, each named after the rule and citing the
 //! RabbitMQ documentation it follows. `testkit` (below) builds commands and reads effects.
 
-use super::command::{Command, Entry, Publish, PublishedMessage, Settle};
+use super::command::{Command, Entry, Origin, Publish, PublishedMessage, Settle};
 use super::effect::{Effect, Reply};
 use super::routing::{headers_match, topic_matches};
 use super::State;
@@ -105,6 +105,7 @@ pub(crate) mod testkit {
                 &Entry {
                     now_ms: self.now_ms,
                     commands,
+                    origin: None,
                 },
             )
         }
@@ -1938,6 +1939,116 @@ fn node_started_with_an_older_epoch_still_closes_the_previous_lives_connections(
     );
 }
 
+// ---------------------------------------------------------------- node lives and origins
+
+fn started(node: u64, epoch: u64) -> Command {
+    Command::NodeStarted {
+        node,
+        epoch,
+        drop_transient: false,
+    }
+}
+
+fn from_origin(
+    b: &mut Broker,
+    node: u64,
+    epoch: u64,
+    seq: u64,
+    commands: Vec<Command>,
+) -> Vec<Effect> {
+    b.index += 1;
+    b.state.apply(
+        b.index,
+        &Entry {
+            now_ms: b.now_ms,
+            commands,
+            origin: Some(Origin { node, epoch, seq }),
+        },
+    )
+}
+
+/// A batch proposed again after an uncertain outcome, or ahead of a missing predecessor, is
+/// skipped; each batch takes effect exactly once and in sequence.
+#[test]
+fn batches_from_an_origin_apply_once_and_in_sequence() {
+    let mut b = Broker::new();
+    b.one(started(1, 1));
+    b.queue(C, "q");
+    let count = |b: &Broker| b.state.queue("q").unwrap().ready.len();
+    from_origin(&mut b, 1, 1, 1, vec![publish(C, "", "q", "a")]);
+    assert_eq!(count(&b), 1);
+    // The same batch again (the proposer could not tell it was committed): skipped.
+    assert!(from_origin(&mut b, 1, 1, 1, vec![publish(C, "", "q", "a")]).is_empty());
+    assert_eq!(count(&b), 1);
+    // Batch 3 before batch 2: skipped, so that order holds; both come again in order.
+    from_origin(&mut b, 1, 1, 3, vec![publish(C, "", "q", "c")]);
+    assert_eq!(count(&b), 1);
+    from_origin(&mut b, 1, 1, 2, vec![publish(C, "", "q", "b")]);
+    from_origin(&mut b, 1, 1, 3, vec![publish(C, "", "q", "c")]);
+    let bodies: Vec<_> = b
+        .state
+        .queue("q")
+        .unwrap()
+        .ready
+        .values()
+        .map(|m| m.body.clone())
+        .collect();
+    assert_eq!(bodies, vec!["a", "b", "c"]);
+    assert_eq!(b.state.node_life(1).unwrap().last_seq, 3);
+    // Announcing the same life again keeps its count; a batch of an unknown node is skipped.
+    b.one(started(1, 1));
+    assert_eq!(b.state.node_life(1).unwrap().last_seq, 3);
+    from_origin(&mut b, 7, 1, 1, vec![publish(C, "", "q", "x")]);
+    assert_eq!(count(&b), 3);
+}
+
+/// A lost node's connections go (their unacked deliveries back to the queue, each told to
+/// close), and everything from that life is ignored afterwards, until it starts a new one.
+#[test]
+fn a_lost_node_life_ends_and_its_later_commands_are_ignored() {
+    let mut b = Broker::new();
+    b.one(started(1, 1));
+    b.one(started(2, 5));
+    let remote = ChannelRef {
+        conn: ConnId {
+            node: 2,
+            epoch: 5,
+            seq: 1,
+        },
+        number: 1,
+        generation: 0,
+    };
+    b.queue(C, "q");
+    b.one(publish(C, "", "q", "m"));
+    b.one(consume(remote, "q", "ctag", false));
+    assert_eq!(b.state.queue("q").unwrap().ready.len(), 0);
+    // A NodeLost for an older life changes nothing.
+    b.one(Command::NodeLost { node: 2, epoch: 4 });
+    assert!(b.state.conn_is_live(remote.conn));
+    let fx = b.one(Command::NodeLost { node: 2, epoch: 5 });
+    assert!(fx.iter().any(|e| matches!(e, Effect::ConnectionError { conn, reply_code: 320, .. } if *conn == remote.conn)));
+    assert!(!b.state.conn_is_live(remote.conn));
+    let q = b.state.queue("q").unwrap();
+    assert_eq!(q.ready.len(), 1);
+    assert!(q.ready.values().all(|m| m.redelivered));
+    // Later commands of that life are ignored and answered with a close.
+    let fx = b.one(consume(remote, "q", "again", false));
+    assert!(matches!(
+        fx.as_slice(),
+        [Effect::ConnectionError {
+            reply_code: 320,
+            ..
+        }]
+    ));
+    assert!(b.state.consumers.is_empty());
+    assert!(from_origin(&mut b, 2, 5, 1, vec![publish(C, "", "q", "late")]).is_empty());
+    assert_eq!(b.state.queue("q").unwrap().ready.len(), 1);
+    // A new life is accepted from its first batch.
+    b.one(started(2, 6));
+    from_origin(&mut b, 2, 6, 1, vec![publish(C, "", "q", "new")]);
+    assert_eq!(b.state.queue("q").unwrap().ready.len(), 2);
+}
+
 // ---------------------------------------------------------------- formats
 
 /// The log entry format is public: this pins `Entry::encode` byte for byte.
@@ -1969,13 +2080,29 @@ fn entry_encoding_is_pinned_by_golden_bytes() {
                 },
             },
         }],
+        origin: None,
+    };
+    // Logs written before clusters (format 1, no origin) still read.
+    assert_eq!(Entry::decode(&GOLDEN_PUBLISH_ENTRY_V1).unwrap(), entry);
+    let entry = Entry {
+        origin: Some(Origin {
+            node: 9,
+            epoch: 10,
+            seq: 11,
+        }),
+        ..entry
     };
     let golden: &[u8] = &GOLDEN_PUBLISH_ENTRY;
     assert_eq!(entry.encode(), golden, "{:?}", entry.encode());
     assert_eq!(Entry::decode(golden).unwrap(), entry);
 }
 
-const GOLDEN_PUBLISH_ENTRY: [u8; 32] = [
+const GOLDEN_PUBLISH_ENTRY: [u8; 36] = [
+    2, 128, 208, 149, 255, 188, 49, 1, 15, 1, 2, 3, 4, 5, 1, 120, 1, 107, 1, 1, 6, 3, 16, 0, 2, 2,
+    104, 105, 1, 7, 1, 8, 1, 9, 10, 11,
+];
+
+const GOLDEN_PUBLISH_ENTRY_V1: [u8; 32] = [
     1, 128, 208, 149, 255, 188, 49, 1, 15, 1, 2, 3, 4, 5, 1, 120, 1, 107, 1, 1, 6, 3, 16, 0, 2, 2,
     104, 105, 1, 7, 1, 8,
 ];
@@ -2012,17 +2139,18 @@ fn entry_encoding_of_argument_tables_is_pinned_by_golden_bytes() {
                 ("v", AMQPValue::Void),
             ]),
         }],
+        origin: None,
     };
     let encoded = entry.encode();
     assert_eq!(encoded, GOLDEN_DECLARE_ENTRY, "{encoded:?}");
     assert_eq!(Entry::decode(&GOLDEN_DECLARE_ENTRY).unwrap(), entry);
 }
 
-const GOLDEN_DECLARE_ENTRY: [u8; 87] = [
-    1, 1, 1, 7, 1, 2, 3, 4, 5, 1, 113, 0, 0, 1, 0, 0, 0, 5, 1, 102, 0, 1, 1, 118, 17, 22, 120, 45,
+const GOLDEN_DECLARE_ENTRY: [u8; 88] = [
+    2, 1, 1, 7, 1, 2, 3, 4, 5, 1, 113, 0, 0, 1, 0, 0, 0, 5, 1, 102, 0, 1, 1, 118, 17, 22, 120, 45,
     100, 101, 97, 100, 45, 108, 101, 116, 116, 101, 114, 45, 101, 120, 99, 104, 97, 110, 103, 101,
     12, 3, 100, 108, 120, 14, 120, 45, 109, 97, 120, 45, 112, 114, 105, 111, 114, 105, 116, 121, 2,
-    3, 13, 120, 45, 109, 101, 115, 115, 97, 103, 101, 45, 116, 116, 108, 7, 208, 15,
+    3, 13, 120, 45, 109, 101, 115, 115, 97, 103, 101, 45, 116, 116, 108, 7, 208, 15, 0,
 ];
 
 /// Snapshots round-trip the whole state.

@@ -1,0 +1,250 @@
+//! A cluster of real `raftmq` processes on free loopback ports, one per simulated zone, with
+//! the harness's means to hurt it: SIGKILL, SIGSTOP/SIGCONT, restart on the same data
+//! directory, and partitions through the nodes' fault-injection endpoint. Every process is
+//! killed when the cluster is dropped.
+
+use super::{free_port, BIN, START_TIMEOUT};
+use lapin::{Connection, ConnectionProperties};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "test-cluster-secret";
+
+pub struct Node {
+    pub id: u64,
+    pub zone: String,
+    pub amqp_port: u16,
+    pub http_port: u16,
+    pub raft_port: u16,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    extra: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `n` nodes in zones az-1 … az-n, all started, and a leader elected.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let nodes = (1..=n as u64)
+            .map(|id| Node {
+                id,
+                zone: format!("az-{id}"),
+                amqp_port: free_port(),
+                http_port: free_port(),
+                raft_port: free_port(),
+                data_dir: tmp.path().join(format!("node{id}")),
+                log_path: tmp.path().join(format!("node{id}.log")),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Cluster {
+            nodes,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            _tmp: tmp,
+        };
+        for i in 0..n {
+            cluster.spawn(i);
+        }
+        for i in 0..n {
+            cluster.wait_serving(i);
+        }
+        cluster
+    }
+
+    /// The `--peer` list of the cluster as started.
+    pub fn peer_args(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flat_map(|n| {
+                [
+                    "--peer".to_string(),
+                    format!("{}=127.0.0.1:{}@{}", n.id, n.raft_port, n.zone),
+                ]
+            })
+            .collect()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let peers = self.peer_args();
+        let node = &mut self.nodes[i];
+        assert!(node.child.is_none(), "node {} is running", node.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--node-id", &node.id.to_string()])
+            .args(["--az", &node.zone])
+            .args(["--amqp-listen", &format!("127.0.0.1:{}", node.amqp_port)])
+            .args(["--http-listen", &format!("127.0.0.1:{}", node.http_port)])
+            .args(["--raft-listen", &format!("127.0.0.1:{}", node.raft_port)])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--cluster-secret", SECRET])
+            .args(["--node-down-after-ms", "3000"])
+            .args(&peers)
+            .args(&self.extra)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn raftmq");
+        node.child = Some(child);
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log_path).unwrap_or_default()
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| format!("---- node {} ----\n{}", self.nodes[i].id, tail(&self.log(i), 60)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until node `i` accepts AMQP connections.
+    pub fn wait_serving(&mut self, i: usize) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let node = &mut self.nodes[i];
+            if let Some(status) = node.child.as_mut().expect("running").try_wait().expect("try_wait") {
+                panic!("node {} exited during start-up ({status}):\n{}", node.id, self.log(i));
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", node.amqp_port)).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {} did not serve within {START_TIMEOUT:?}:\n{}", self.nodes[i].id, self.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
+    }
+
+    /// SIGKILL node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT node `i`.
+    pub fn freeze(&self, i: usize) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id() as i32;
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+
+    pub fn thaw(&self, i: usize) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id() as i32;
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+
+    /// Starts node `i` again on its data directory and ports, and waits until it serves.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_serving(i);
+    }
+
+    /// A plain HTTP/1.0 request to node `i`; (status, body).
+    pub fn http(&self, i: usize, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let addr = ("127.0.0.1", self.nodes[i].http_port);
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.0\r\nHost: x\r\nx-raftmq-secret: {SECRET}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    }
+
+    /// Node `i`'s /health as JSON.
+    pub fn health(&self, i: usize) -> Option<serde_json::Value> {
+        let (status, body) = self.http(i, "GET", "/health", None)?;
+        (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    pub fn role(&self, i: usize) -> Option<String> {
+        self.health(i)?.get("role")?.as_str().map(str::to_string)
+    }
+
+    /// Waits until exactly one running node (of `among`) reports `leader`; its index.
+    pub async fn leader_among(&self, among: &[usize], timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<usize> = among
+                .iter()
+                .copied()
+                .filter(|&i| self.is_running(i) && self.role(i).as_deref() == Some("leader"))
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            assert!(Instant::now() < deadline, "no single leader among {among:?} within {timeout:?}:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn leader(&self) -> usize {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.leader_among(&all, Duration::from_secs(30)).await
+    }
+
+    /// Cuts node `i` off from `peers` (both ways on node `i`).
+    pub fn partition(&self, i: usize, peers: &[u64]) {
+        let body = format!("{{\"peers\":{peers:?},\"direction\":\"both\"}}");
+        let (status, answer) = self.http(i, "POST", "/admin/faults", Some(&body)).expect("faults endpoint");
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    pub fn heal(&self, i: usize) {
+        let (status, answer) = self.http(i, "DELETE", "/admin/faults", None).expect("faults endpoint");
+        assert_eq!(status, 200, "{answer}");
+    }
+
+    pub fn uri(&self, i: usize) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.nodes[i].amqp_port)
+    }
+
+    pub async fn connect(&self, i: usize) -> Connection {
+        Connection::connect(&self.uri(i), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("connect to node {}: {e}\n{}", self.nodes[i].id, self.logs()))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if let Some(child) = &self.nodes[i].child {
+                // A frozen process must be thawed to die promptly on some kernels.
+                unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            }
+            self.kill(i);
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
