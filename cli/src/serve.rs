@@ -88,6 +88,7 @@ async fn run_async(config: ServeConfig) -> Result<()> {
     );
     log_config.tick_interval = Duration::from_millis(config.tick_ms);
     log_config.snapshot_every_entries = config.snapshot_every;
+    log_config.logs_kept_after_snapshot = config.snapshot_every.min(1000);
     if let Some(cluster) = &config.cluster {
         log_config.node.raft_addr = match cluster.peers.get(&config.node_id) {
             Some(peer) => peer.raft_addr.clone(),

@@ -108,7 +108,13 @@ impl Cluster {
 
     pub fn logs(&self) -> String {
         (0..self.nodes.len())
-            .map(|i| format!("---- node {} ----\n{}", self.nodes[i].id, tail(&self.log(i), 60)))
+            .map(|i| {
+                format!(
+                    "---- node {} ----\n{}",
+                    self.nodes[i].id,
+                    tail(&self.log(i), 60)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -117,14 +123,28 @@ impl Cluster {
     pub fn wait_serving(&mut self, i: usize) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let node = &mut self.nodes[i];
-            if let Some(status) = node.child.as_mut().expect("running").try_wait().expect("try_wait") {
-                panic!("node {} exited during start-up ({status}):\n{}", node.id, self.log(i));
+            let exited = self.nodes[i]
+                .child
+                .as_mut()
+                .expect("running")
+                .try_wait()
+                .expect("try_wait");
+            if let Some(status) = exited {
+                panic!(
+                    "node {} exited during start-up ({status}):\n{}",
+                    self.nodes[i].id,
+                    self.log(i)
+                );
             }
-            if std::net::TcpStream::connect(("127.0.0.1", node.amqp_port)).is_ok() {
+            if std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].amqp_port)).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "node {} did not serve within {START_TIMEOUT:?}:\n{}", self.nodes[i].id, self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not serve within {START_TIMEOUT:?}:\n{}",
+                self.nodes[i].id,
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -159,7 +179,13 @@ impl Cluster {
     }
 
     /// A plain HTTP/1.0 request to node `i`; (status, body).
-    pub fn http(&self, i: usize, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    pub fn http(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Option<(u16, String)> {
         use std::io::{Read, Write};
         let addr = ("127.0.0.1", self.nodes[i].http_port);
         let mut s = std::net::TcpStream::connect(addr).ok()?;
@@ -180,7 +206,9 @@ impl Cluster {
     /// Node `i`'s /health as JSON.
     pub fn health(&self, i: usize) -> Option<serde_json::Value> {
         let (status, body) = self.http(i, "GET", "/health", None)?;
-        (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (status == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     pub fn role(&self, i: usize) -> Option<String> {
@@ -199,7 +227,11 @@ impl Cluster {
             if leaders.len() == 1 {
                 return leaders[0];
             }
-            assert!(Instant::now() < deadline, "no single leader among {among:?} within {timeout:?}:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "no single leader among {among:?} within {timeout:?}:\n{}",
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -212,23 +244,32 @@ impl Cluster {
     /// Cuts node `i` off from `peers` (both ways on node `i`).
     pub fn partition(&self, i: usize, peers: &[u64]) {
         let body = format!("{{\"peers\":{peers:?},\"direction\":\"both\"}}");
-        let (status, answer) = self.http(i, "POST", "/admin/faults", Some(&body)).expect("faults endpoint");
+        let (status, answer) = self
+            .http(i, "POST", "/admin/faults", Some(&body))
+            .expect("faults endpoint");
         assert_eq!(status, 200, "{answer}");
     }
 
     pub fn heal(&self, i: usize) {
-        let (status, answer) = self.http(i, "DELETE", "/admin/faults", None).expect("faults endpoint");
+        let (status, answer) = self
+            .http(i, "DELETE", "/admin/faults", None)
+            .expect("faults endpoint");
         assert_eq!(status, 200, "{answer}");
     }
 
     pub fn uri(&self, i: usize) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.nodes[i].amqp_port)
+        format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f",
+            self.nodes[i].amqp_port
+        )
     }
 
     pub async fn connect(&self, i: usize) -> Connection {
         Connection::connect(&self.uri(i), ConnectionProperties::default())
             .await
-            .unwrap_or_else(|e| panic!("connect to node {}: {e}\n{}", self.nodes[i].id, self.logs()))
+            .unwrap_or_else(|e| {
+                panic!("connect to node {}: {e}\n{}", self.nodes[i].id, self.logs())
+            })
     }
 }
 

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod checker;
+pub mod cluster;
 pub mod raw;
 
 use lapin::options::*;

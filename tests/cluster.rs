@@ -1,0 +1,647 @@
+//! Cluster mode on real processes: three nodes in three zones on loopback, clients on every
+//! node, leaders and followers killed with SIGKILL, frozen with SIGSTOP, cut off by fault
+//! injection; a checker that fails on any confirmed message lost, any message that was never
+//! published, or any message applied twice.
+
+use crate::common::checker::{self, Load};
+use crate::common::cluster::{Cluster, SECRET};
+use crate::common::{message_count, wait_until, BIN};
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+async fn declare_durable(cluster: &Cluster, node: usize, queue: &str) {
+    let conn = cluster.connect(node).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.declare");
+    conn.close(200, "ok".into()).await.unwrap();
+}
+
+fn uris(cluster: &Cluster) -> Vec<String> {
+    (0..cluster.nodes.len()).map(|i| cluster.uri(i)).collect()
+}
+
+/// Waits until `load` has `more` confirms beyond its current count.
+async fn wait_confirms(load: &Load, more: u64, timeout: Duration, cluster: &Cluster) {
+    let target = load.confirmed() + more;
+    let deadline = Instant::now() + timeout;
+    while load.confirmed() < target {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {target} confirms within {timeout:?}; failures: {:?}\n{}",
+            load.confirmed(),
+            load.merged().failures.iter().take(10).collect::<Vec<_>>(),
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stop_and_check(
+    load: &Load,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    drain_uri: &str,
+    queue: &str,
+) -> checker::Verdict {
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("publisher stops")
+            .unwrap();
+    }
+    let ledger = load.merged();
+    let drained = checker::drain(drain_uri, queue, Duration::from_secs(3)).await;
+    let verdict = checker::check(&ledger, &drained);
+    assert!(
+        verdict.lost.is_empty(),
+        "lost confirmed messages: {:?} (of {})",
+        &verdict.lost[..verdict.lost.len().min(20)],
+        verdict.confirmed
+    );
+    assert!(
+        verdict.unexpected.is_empty(),
+        "messages never published: {:?}",
+        verdict.unexpected
+    );
+    assert_eq!(verdict.duplicated, 0, "messages applied twice");
+    verdict
+}
+
+/// Any node serves: a publish through a follower is confirmed and consumed on another node;
+/// /health and `raftmq cluster status` show the members, zones and the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster_and_every_node_serves() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    assert_eq!(cluster.role(follower).as_deref(), Some("follower"));
+    let leader_id = cluster.nodes[leader].id;
+    assert_eq!(cluster.health(other).unwrap()["leader"], leader_id);
+
+    declare_durable(&cluster, follower, "everywhere").await;
+    let conn = cluster.connect(follower).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "everywhere".into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack());
+    }
+    let reader = cluster.connect(other).await;
+    let rch = reader.create_channel().await.unwrap();
+    assert_eq!(message_count(&rch, "everywhere").await, 50);
+    let mut consumer = rch
+        .basic_consume(
+            "everywhere".into(),
+            "c".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("delivery")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data, format!("m{i}").as_bytes(), "in publish order");
+    }
+
+    let out = std::process::Command::new(BIN)
+        .args([
+            "cluster",
+            "status",
+            "--json",
+            "--http",
+            &format!("127.0.0.1:{}", cluster.nodes[follower].http_port),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["leader"], leader_id);
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    for m in members {
+        assert_eq!(m["zone"], format!("az-{}", m["id"]));
+        assert_eq!(m["kind"], "voter");
+    }
+    assert!(status["zone_warning"].is_null());
+    let table = std::process::Command::new(BIN)
+        .args([
+            "cluster",
+            "status",
+            "--http",
+            &format!("127.0.0.1:{}", cluster.nodes[other].http_port),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains(&format!("leader: {leader_id}")) && text.contains("az-2"),
+        "{text}"
+    );
+}
+
+/// A node that does not know the cluster secret cannot join: its connections are refused and
+/// it never becomes a member or leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_secret_is_refused() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader().await;
+    // An impostor claiming to be node 3, at node 3's raft port's neighbour, asks for votes and
+    // sends entries with the wrong secret; the real members refuse it at the handshake.
+    let tmp = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let mut peers = cluster.peer_args();
+    peers.extend(["--peer".into(), format!("9=127.0.0.1:{port}@az-x")]);
+    let mut impostor = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--node-id",
+            "9",
+            "--az",
+            "az-x",
+            "--cluster-secret",
+            "wrong",
+        ])
+        .args([
+            "--amqp-listen",
+            &format!("127.0.0.1:{}", crate::common::free_port()),
+        ])
+        .args([
+            "--http-listen",
+            &format!("127.0.0.1:{}", crate::common::free_port()),
+        ])
+        .args(["--raft-listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(&peers)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the refusal to show in a member's log",
+        || async { cluster.logs().contains("the cluster secret does not match") },
+    )
+    .await;
+    unsafe { libc::kill(impostor.id() as i32, libc::SIGKILL) };
+    let _ = impostor.wait();
+    assert_eq!(
+        cluster.leader().await,
+        leader,
+        "the impostor disturbed nobody"
+    );
+    let (_, body) = cluster.http(leader, "GET", "/cluster", None).unwrap();
+    assert!(!body.contains("\"id\":9"), "{body}");
+    // Admin changes need the secret too.
+    let (status, _) = {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", cluster.nodes[0].http_port)).unwrap();
+        s.write_all(b"DELETE /admin/faults HTTP/1.0\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        (out.split_whitespace().nth(1).unwrap().to_string(), out)
+    };
+    assert_eq!(status, "401");
+    let _ = SECRET;
+}
+
+/// The leader is SIGKILLed under confirmed publishing from clients on all three nodes: a new
+/// leader serves, clients of surviving nodes keep their channels, clients of the dead node
+/// reconnect elsewhere; afterwards every confirmed message is there, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_under_load_loses_nothing_confirmed() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader().await;
+    declare_durable(&cluster, leader, "kill-leader").await;
+    let load = Load::new();
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            tokio::spawn(checker::publisher(
+                load.clone(),
+                format!("p{i}"),
+                uris(&cluster),
+                i,
+                "kill-leader".into(),
+                50,
+            ))
+        })
+        .collect();
+    wait_confirms(&load, 300, Duration::from_secs(60), &cluster).await;
+    let killed_at = Instant::now();
+    cluster.kill(leader);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = cluster
+        .leader_among(&survivors, Duration::from_secs(30))
+        .await;
+    wait_confirms(&load, 300, Duration::from_secs(60), &cluster).await;
+    let stall = killed_at.elapsed();
+    let verdict = stop_and_check(&load, tasks, &cluster.uri(new_leader), "kill-leader").await;
+    // Publishers on the surviving nodes never lost their channel (no nack-everything-later).
+    let ledger = load.merged();
+    assert!(ledger.nacked.is_empty(), "nacks: {}", ledger.nacked.len());
+    eprintln!(
+        "leader kill: {verdict:?} (ok {}, next 300 confirms {stall:?} after the kill)",
+        verdict.ok
+    );
+}
+
+/// A follower dies and comes back: the others go on serving meanwhile, and it catches up —
+/// here through a snapshot, since many entries were written (and purged) while it was down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_catches_up_even_through_a_snapshot() {
+    let mut cluster = Cluster::start(3, &["--snapshot-every", "50"]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    declare_durable(&cluster, leader, "catch-up").await;
+    cluster.kill(follower);
+    let load = Load::new();
+    let live: Vec<String> = (0..3)
+        .filter(|&i| i != follower)
+        .map(|i| cluster.uri(i))
+        .collect();
+    let tasks = vec![tokio::spawn(checker::publisher(
+        load.clone(),
+        "p".into(),
+        live,
+        0,
+        "catch-up".into(),
+        20,
+    ))];
+    wait_confirms(&load, 1500, Duration::from_secs(90), &cluster).await;
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    cluster.restart(follower);
+    let leader_applied = || {
+        cluster
+            .health(leader)
+            .and_then(|h| h["last_applied"].as_u64())
+            .unwrap_or(0)
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the restarted follower to catch up",
+        || async {
+            cluster
+                .health(follower)
+                .and_then(|h| h["last_applied"].as_u64())
+                .unwrap_or(0)
+                + 5
+                >= leader_applied()
+        },
+    )
+    .await;
+    assert!(
+        cluster.log(follower).contains("installed snapshot"),
+        "{}",
+        cluster.log(follower)
+    );
+    let verdict = {
+        let ledger = load.merged();
+        let drained =
+            checker::drain(&cluster.uri(follower), "catch-up", Duration::from_secs(3)).await;
+        checker::check(&ledger, &drained)
+    };
+    assert!(
+        verdict.lost.is_empty() && verdict.unexpected.is_empty() && verdict.duplicated == 0,
+        "{verdict:?}"
+    );
+}
+
+/// The leader is cut off from both followers: it stops reporting itself leader, its clients
+/// get no confirms, the majority elects a new leader and serves; after healing, what the cut-off
+/// side had queued is applied at most once and every confirmed message is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_steps_down_and_its_side_confirms_nothing() {
+    let cluster = Cluster::start(3, &[]);
+    let old = cluster.leader().await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    declare_durable(&cluster, old, "split").await;
+
+    let minority = Load::new();
+    let majority = Load::new();
+    let m_task = tokio::spawn(checker::publisher(
+        minority.clone(),
+        "min".into(),
+        vec![cluster.uri(old)],
+        0,
+        "split".into(),
+        20,
+    ));
+    let maj_task = tokio::spawn(checker::publisher(
+        majority.clone(),
+        "maj".into(),
+        vec![cluster.uri(others[0])],
+        0,
+        "split".into(),
+        20,
+    ));
+    wait_confirms(&minority, 100, Duration::from_secs(60), &cluster).await;
+
+    let other_ids: Vec<u64> = others.iter().map(|&i| cluster.nodes[i].id).collect();
+    cluster.partition(old, &other_ids);
+    let new = cluster.leader_among(&others, Duration::from_secs(30)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the cut-off leader to step down",
+        || async { cluster.role(old).as_deref() != Some("leader") },
+    )
+    .await;
+    // From a moment after the cut, the minority side confirms nothing...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = minority.confirmed();
+    wait_confirms(&majority, 200, Duration::from_secs(60), &cluster).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        minority.confirmed(),
+        before,
+        "the cut-off side confirmed publishes"
+    );
+    // ...and after healing, everything is consistent.
+    cluster.heal(old);
+    wait_confirms(&majority, 100, Duration::from_secs(60), &cluster).await;
+    for load in [&minority, &majority] {
+        load.stop.store(true, Ordering::Relaxed);
+    }
+    m_task.await.unwrap();
+    maj_task.await.unwrap();
+    let mut ledger = minority.merged();
+    let m = majority.merged();
+    ledger.attempted.extend(m.attempted);
+    ledger.confirmed.extend(m.confirmed);
+    let drained = checker::drain(&cluster.uri(new), "split", Duration::from_secs(3)).await;
+    let verdict = checker::check(&ledger, &drained);
+    assert!(verdict.lost.is_empty(), "lost: {:?}", verdict.lost);
+    assert!(
+        verdict.unexpected.is_empty(),
+        "unexpected: {:?}",
+        verdict.unexpected
+    );
+    assert_eq!(verdict.duplicated, 0, "applied twice");
+}
+
+/// Consumers on a node that dies: their unacknowledged messages go to a consumer on another
+/// node, flagged redelivered, once the leader declares the node lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_messages_of_a_dead_nodes_consumer_go_to_other_consumers() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader().await;
+    let doomed = (leader + 1) % 3;
+    let survivor = (leader + 2) % 3;
+    declare_durable(&cluster, leader, "held").await;
+    let pconn = cluster.connect(leader).await;
+    let pch = pconn.create_channel().await.unwrap();
+    pch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..10 {
+        pch.basic_publish(
+            "".into(),
+            "held".into(),
+            BasicPublishOptions::default(),
+            format!("h{i}").as_bytes(),
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    let dconn = cluster.connect(doomed).await;
+    let dch = dconn.create_channel().await.unwrap();
+    let mut held = dch
+        .basic_consume(
+            "held".into(),
+            "holder".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        tokio::time::timeout(Duration::from_secs(10), held.next())
+            .await
+            .expect("delivery")
+            .unwrap()
+            .unwrap();
+    }
+    let sconn = cluster.connect(survivor).await;
+    let sch = sconn.create_channel().await.unwrap();
+    let mut other = sch
+        .basic_consume(
+            "held".into(),
+            "other".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    cluster.kill(doomed);
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 10 {
+        let d = tokio::time::timeout(Duration::from_secs(30), other.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "redeliveries after the node's death; got {got:?}\n{}",
+                    cluster.logs()
+                )
+            })
+            .unwrap()
+            .unwrap();
+        assert!(d.redelivered, "a redelivery carries the redelivered flag");
+        got.insert(String::from_utf8_lossy(&d.data).to_string());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(got.len(), 10);
+}
+
+/// A whole zone (one node of three) is lost under load, then every node is restarted one at a
+/// time (a rolling restart) while publishing goes on: nothing confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_loss_then_rolling_restart_under_load_loses_nothing() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader().await;
+    declare_durable(&cluster, leader, "rolling").await;
+    let load = Load::new();
+    let tasks: Vec<_> = (0..2)
+        .map(|i| {
+            tokio::spawn(checker::publisher(
+                load.clone(),
+                format!("r{i}"),
+                uris(&cluster),
+                i,
+                "rolling".into(),
+                20,
+            ))
+        })
+        .collect();
+    wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
+    // Zone az-3 goes away and comes back.
+    cluster.kill(2);
+    wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
+    cluster.restart(2);
+    // Rolling restart: each node in turn, waiting for it to serve before the next.
+    for i in 0..3 {
+        cluster.kill(i);
+        wait_confirms(&load, 100, Duration::from_secs(60), &cluster).await;
+        cluster.restart(i);
+        wait_confirms(&load, 100, Duration::from_secs(60), &cluster).await;
+    }
+    let leader = cluster.leader().await;
+    let verdict = stop_and_check(&load, tasks, &cluster.uri(leader), "rolling").await;
+    eprintln!("rolling restart: {verdict:?}");
+}
+
+/// Membership at run time: a fourth node started with --join is added (it catches up and
+/// votes), then removed; the cluster serves throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_added_and_removed_at_run_time() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader().await;
+    declare_durable(&cluster, leader, "members").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let raft_port = crate::common::free_port();
+    let amqp_port = crate::common::free_port();
+    let log = std::fs::File::create(tmp.path().join("node4.log")).unwrap();
+    let mut fourth = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "--node-id",
+            "4",
+            "--az",
+            "az-4",
+            "--join",
+            "--cluster-secret",
+            SECRET,
+        ])
+        .args(["--amqp-listen", &format!("127.0.0.1:{amqp_port}")])
+        .args([
+            "--http-listen",
+            &format!("127.0.0.1:{}", crate::common::free_port()),
+        ])
+        .args(["--raft-listen", &format!("127.0.0.1:{raft_port}")])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let follower_http = format!("127.0.0.1:{}", cluster.nodes[(leader + 1) % 3].http_port);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "cluster",
+            "add",
+            "--http",
+            &follower_http,
+            "--cluster-secret",
+            SECRET,
+            "--id",
+            "4",
+        ])
+        .args([
+            "--raft-addr",
+            &format!("127.0.0.1:{raft_port}"),
+            "--amqp-addr",
+            &format!("127.0.0.1:{amqp_port}"),
+            "--az",
+            "az-4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster add: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    wait_until(
+        Duration::from_secs(60),
+        "the new node to serve AMQP",
+        || async { std::net::TcpStream::connect(("127.0.0.1", amqp_port)).is_ok() },
+    )
+    .await;
+    let conn = lapin::Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2f"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    assert_eq!(
+        message_count(&ch, "members").await,
+        0,
+        "the new node sees the replicated queue"
+    );
+    let (_, body) = cluster.http(leader, "GET", "/cluster", None).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 4, "{body}");
+    conn.close(200, "bye".into()).await.unwrap();
+
+    let out = std::process::Command::new(BIN)
+        .args([
+            "cluster",
+            "remove",
+            "--http",
+            &follower_http,
+            "--cluster-secret",
+            SECRET,
+            "--id",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cluster remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, body) = cluster.http(leader, "GET", "/cluster", None).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["members"].as_array().unwrap().len(), 3, "{body}");
+    unsafe { libc::kill(fourth.id() as i32, libc::SIGKILL) };
+    let _ = fourth.wait();
+    // The three go on serving.
+    declare_durable(&cluster, leader, "after-remove").await;
+}
