@@ -645,3 +645,52 @@ async fn a_node_is_added_and_removed_at_run_time() {
     // The three go on serving.
     declare_durable(&cluster, leader, "after-remove").await;
 }
+
+/// The leader is frozen (SIGSTOP) under load for longer than the node-down timeout, then
+/// resumed: the others elect a leader and declare the frozen node lost; when it resumes it
+/// follows, ends its old life (its clients reconnect) and nothing is lost or applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_resumes_as_a_follower_and_nothing_is_lost() {
+    let cluster = Cluster::start(3, &[]);
+    let frozen = cluster.leader().await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != frozen).collect();
+    declare_durable(&cluster, frozen, "frozen").await;
+    let load = Load::new();
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            tokio::spawn(checker::publisher(
+                load.clone(),
+                format!("f{i}"),
+                uris(&cluster),
+                i,
+                "frozen".into(),
+                20,
+            ))
+        })
+        .collect();
+    wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
+    cluster.freeze(frozen);
+    let new = cluster.leader_among(&others, Duration::from_secs(30)).await;
+    wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
+    // Past the node-down timeout (3 s in these tests), the frozen node's life is ended.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.thaw(frozen);
+    wait_until(
+        Duration::from_secs(30),
+        "the resumed node to follow the new leader",
+        || async {
+            cluster
+                .health(frozen)
+                .is_some_and(|h| h["role"] == "follower" && h["leader"] == cluster.nodes[new].id)
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the resumed node to start a new life",
+        || async { cluster.log(frozen).contains("starting a new life") },
+    )
+    .await;
+    wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
+    stop_and_check(&load, tasks, &cluster.uri(new), "frozen").await;
+}

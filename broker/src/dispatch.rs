@@ -58,6 +58,16 @@ impl Dispatcher {
 }
 
 impl EffectSink for Dispatcher {
+    fn reset(&self) {
+        self.close_all(
+            crate::reply_code::CONNECTION_FORCED,
+            &crate::reply_code::text(
+                crate::reply_code::CONNECTION_FORCED,
+                "this node installed a snapshot of the cluster state; reconnect",
+            ),
+        );
+    }
+
     fn dispatch(&self, effects: Vec<Effect>) {
         if effects.is_empty() {
             return;

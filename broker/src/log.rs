@@ -42,6 +42,11 @@ impl Proposer {
 /// apply loop: it must not block.
 pub trait EffectSink: Send + Sync + 'static {
     fn dispatch(&self, effects: Vec<Effect>);
+
+    /// The state was replaced wholesale (a snapshot from the leader was installed): effects of
+    /// the entries it covers were never dispatched here, so local connections may have missed
+    /// deliveries or replies. The sink should close them; their clients reconnect.
+    fn reset(&self) {}
 }
 
 /// A sink that drops everything (tests, replay tools).

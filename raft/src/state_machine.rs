@@ -277,6 +277,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
+        drop(applied);
+        // Entries the snapshot covers were never applied here: any client of this node may
+        // have missed their effects. Only a node that fell far behind while serving gets here
+        // (a starting node installs before it accepts clients).
+        self.sink.reset();
         tracing::info!(snapshot = %meta, "installed snapshot");
         Ok(())
     }
