@@ -7,6 +7,7 @@ mod common;
 
 mod bad_input;
 mod basic;
+mod bench;
 mod cluster;
 mod confirms_tx;
 mod connection;

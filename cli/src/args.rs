@@ -23,6 +23,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Ask a running node for its health (GET /health) and print it.
     Health(HealthArgs),
+    /// Load-test an AMQP 0-9-1 broker (RaftMQ, RabbitMQ, ...): rates, latency, lost and
+    /// duplicated messages.
+    Bench(BenchArgs),
     /// Inspect and change a running cluster (any member answers; changes go to the leader).
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -231,4 +234,86 @@ pub struct HealthArgs {
     /// HTTP address of the node.
     #[arg(long, env = "RAFTMQ_HTTP", default_value = "127.0.0.1:15672")]
     pub http: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchQueueType {
+    Classic,
+    Quorum,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchExchange {
+    /// Each producer publishes to one queue (through the default exchange).
+    Direct,
+    /// Producers publish to a fanout exchange bound to every queue.
+    Fanout,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Broker to use; repeat for several (a client whose connection fails moves to the next).
+    #[arg(
+        long,
+        env = "RAFTMQ_BENCH_URI",
+        value_delimiter = ',',
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub uri: Vec<String>,
+    /// Publishing connections.
+    #[arg(long, env = "RAFTMQ_BENCH_PRODUCERS", default_value_t = 1)]
+    pub producers: usize,
+    /// Consuming connections (consumer i reads queue i mod --queues).
+    #[arg(long, env = "RAFTMQ_BENCH_CONSUMERS", default_value_t = 1)]
+    pub consumers: usize,
+    /// Queues (producer i publishes to queue i mod --queues).
+    #[arg(long, env = "RAFTMQ_BENCH_QUEUES", default_value_t = 1)]
+    pub queues: usize,
+    /// Name prefix of the queues (and of the fanout exchange).
+    #[arg(
+        long,
+        env = "RAFTMQ_BENCH_QUEUE_PREFIX",
+        default_value = "raftmq-bench"
+    )]
+    pub queue_prefix: String,
+    /// Message body size in bytes (at least 16).
+    #[arg(long, env = "RAFTMQ_BENCH_SIZE", default_value_t = 1024)]
+    pub size: usize,
+    /// How long to publish, seconds.
+    #[arg(long, env = "RAFTMQ_BENCH_DURATION", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Publisher confirms with this many in flight per producer (0: no confirms).
+    #[arg(long, env = "RAFTMQ_BENCH_CONFIRM", default_value_t = 0)]
+    pub confirm: usize,
+    /// Persistent messages (delivery_mode 2) in durable queues.
+    #[arg(long, env = "RAFTMQ_BENCH_PERSISTENT")]
+    pub persistent: bool,
+    /// Queue type (x-queue-type).
+    #[arg(
+        long,
+        env = "RAFTMQ_BENCH_QUEUE_TYPE",
+        value_enum,
+        default_value = "classic"
+    )]
+    pub queue_type: BenchQueueType,
+    /// Consumer prefetch (basic.qos).
+    #[arg(long, env = "RAFTMQ_BENCH_PREFETCH", default_value_t = 1000)]
+    pub prefetch: u16,
+    /// Acknowledge every N deliveries with multiple=true.
+    #[arg(long, env = "RAFTMQ_BENCH_MULTI_ACK", default_value_t = 100)]
+    pub multi_ack: u32,
+    /// Exchange type.
+    #[arg(
+        long,
+        env = "RAFTMQ_BENCH_EXCHANGE",
+        value_enum,
+        default_value = "direct"
+    )]
+    pub exchange: BenchExchange,
+    /// Rate limit per producer, messages per second (0: none).
+    #[arg(long, env = "RAFTMQ_BENCH_RATE")]
+    pub rate: Option<u32>,
+    /// Print the summary as JSON (no progress lines).
+    #[arg(long, env = "RAFTMQ_BENCH_JSON")]
+    pub json: bool,
 }

@@ -6,8 +6,10 @@
 //! - `serve`: wires the log, the broker and the HTTP endpoints together
 //! - `http`: the HTTP endpoints (/health, /cluster, /admin/faults) and their client
 //! - `cluster_cmd`: `raftmq cluster ...`
+//! - `bench`: `raftmq bench`, the load generator
 
 mod args;
+mod bench;
 mod cluster_cmd;
 mod config;
 mod http;
@@ -22,6 +24,7 @@ fn main() {
         args::Command::Serve(a) => config::ServeConfig::resolve(a).and_then(serve::run),
         args::Command::Health(a) => http::print_health(a.http),
         args::Command::Cluster(c) => cluster_cmd::run(c),
+        args::Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("raftmq: error: {e:#}");
