@@ -29,6 +29,30 @@ async fn declare_durable(cluster: &Cluster, node: usize, queue: &str) {
     conn.close(200, "ok".into()).await.unwrap();
 }
 
+/// `count` publishers named `{prefix}{i}`, publisher i starting on node i.
+fn publishers(
+    load: &std::sync::Arc<Load>,
+    cluster: &Cluster,
+    count: usize,
+    prefix: &str,
+    queue: &str,
+    window: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..count)
+        .map(|i| {
+            let name = format!("{prefix}{i}");
+            tokio::spawn(checker::publisher(
+                load.clone(),
+                name,
+                uris(cluster),
+                i,
+                queue.into(),
+                window,
+            ))
+        })
+        .collect()
+}
+
 fn uris(cluster: &Cluster) -> Vec<String> {
     (0..cluster.nodes.len()).map(|i| cluster.uri(i)).collect()
 }
@@ -254,18 +278,7 @@ async fn leader_killed_under_load_loses_nothing_confirmed() {
     let leader = cluster.leader().await;
     declare_durable(&cluster, leader, "kill-leader").await;
     let load = Load::new();
-    let tasks: Vec<_> = (0..3)
-        .map(|i| {
-            tokio::spawn(checker::publisher(
-                load.clone(),
-                format!("p{i}"),
-                uris(&cluster),
-                i,
-                "kill-leader".into(),
-                50,
-            ))
-        })
-        .collect();
+    let tasks = publishers(&load, &cluster, 3, "p", "kill-leader", 50);
     wait_confirms(&load, 300, Duration::from_secs(60), &cluster).await;
     let killed_at = Instant::now();
     cluster.kill(leader);
@@ -505,18 +518,7 @@ async fn zone_loss_then_rolling_restart_under_load_loses_nothing() {
     let leader = cluster.leader().await;
     declare_durable(&cluster, leader, "rolling").await;
     let load = Load::new();
-    let tasks: Vec<_> = (0..2)
-        .map(|i| {
-            tokio::spawn(checker::publisher(
-                load.clone(),
-                format!("r{i}"),
-                uris(&cluster),
-                i,
-                "rolling".into(),
-                20,
-            ))
-        })
-        .collect();
+    let tasks = publishers(&load, &cluster, 2, "r", "rolling", 20);
     wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
     // Zone az-3 goes away and comes back.
     cluster.kill(2);
@@ -656,18 +658,7 @@ async fn a_frozen_leader_resumes_as_a_follower_and_nothing_is_lost() {
     let others: Vec<usize> = (0..3).filter(|&i| i != frozen).collect();
     declare_durable(&cluster, frozen, "frozen").await;
     let load = Load::new();
-    let tasks: Vec<_> = (0..3)
-        .map(|i| {
-            tokio::spawn(checker::publisher(
-                load.clone(),
-                format!("f{i}"),
-                uris(&cluster),
-                i,
-                "frozen".into(),
-                20,
-            ))
-        })
-        .collect();
+    let tasks = publishers(&load, &cluster, 3, "f", "frozen", 20);
     wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
     cluster.freeze(frozen);
     let new = cluster.leader_among(&others, Duration::from_secs(30)).await;

@@ -33,6 +33,10 @@ struct Shared {
     nacked: AtomicU64,
     consumed: AtomicU64,
     reconnects: AtomicU64,
+    /// When the last confirm arrived, and the longest pause between two confirms (µs since
+    /// start): across a failover, the stall clients saw.
+    last_confirm_us: AtomicU64,
+    max_confirm_gap_us: AtomicU64,
     confirmed_ids: Mutex<HashSet<u64>>,
     /// (queue index, message id) -> deliveries.
     seen: Mutex<HashMap<(u16, u64), u32>>,
@@ -240,6 +244,12 @@ fn record_confirm(
                 .lock()
                 .expect("lat")
                 .push(now.saturating_sub(sent));
+            let previous = shared.last_confirm_us.swap(now, Ordering::Relaxed);
+            if previous > 0 && !shared.stop.load(Ordering::Relaxed) {
+                shared
+                    .max_confirm_gap_us
+                    .fetch_max(now.saturating_sub(previous), Ordering::Relaxed);
+            }
             true
         }
         Ok(Confirmation::Nack(_)) => {
@@ -360,6 +370,8 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub reconnects: u64,
+    /// The longest time between two confirms during the run, milliseconds.
+    pub max_confirm_gap_ms: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -419,6 +431,8 @@ async fn run_async(args: Arc<BenchArgs>) -> Result<Report> {
         nacked: AtomicU64::new(0),
         consumed: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
+        last_confirm_us: AtomicU64::new(0),
+        max_confirm_gap_us: AtomicU64::new(0),
         confirmed_ids: Mutex::new(HashSet::new()),
         seen: Mutex::new(HashMap::new()),
         latencies_us: Mutex::new(Vec::new()),
@@ -519,6 +533,7 @@ async fn run_async(args: Arc<BenchArgs>) -> Result<Report> {
         lost,
         duplicated,
         reconnects: shared.reconnects.load(Ordering::Relaxed),
+        max_confirm_gap_ms: shared.max_confirm_gap_us.load(Ordering::Relaxed) as f64 / 1000.0,
     })
 }
 
