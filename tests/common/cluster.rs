@@ -31,6 +31,22 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes in zones az-1 … az-n, all started, and a leader elected.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        // A port picked free can be taken by someone else's outgoing connection before the node
+        // binds it; then the whole cluster starts again on new ports.
+        for _ in 0..3 {
+            let mut cluster = Cluster::fresh(n, extra);
+            for i in 0..n {
+                cluster.spawn(i);
+            }
+            if (0..n).all(|i| cluster.try_wait_serving(i)) {
+                return cluster;
+            }
+            eprintln!("a port was taken while the cluster started; starting again on new ports");
+        }
+        panic!("could not start a cluster on free ports three times");
+    }
+
+    fn fresh(n: usize, extra: &[&str]) -> Cluster {
         let tmp = tempfile::tempdir().expect("tempdir");
         let nodes = (1..=n as u64)
             .map(|id| Node {
@@ -44,18 +60,11 @@ impl Cluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Cluster {
+        Cluster {
             nodes,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: tmp,
-        };
-        for i in 0..n {
-            cluster.spawn(i);
         }
-        for i in 0..n {
-            cluster.wait_serving(i);
-        }
-        cluster
     }
 
     /// The `--peer` list of the cluster as started.
@@ -121,6 +130,16 @@ impl Cluster {
 
     /// Waits until node `i` accepts AMQP connections.
     pub fn wait_serving(&mut self, i: usize) {
+        assert!(
+            self.try_wait_serving(i),
+            "node {} could not bind its ports:\n{}",
+            self.nodes[i].id,
+            self.log(i)
+        );
+    }
+
+    /// Like `wait_serving`, but false when the node exited because a port was in use.
+    fn try_wait_serving(&mut self, i: usize) -> bool {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let exited = self.nodes[i]
@@ -130,14 +149,18 @@ impl Cluster {
                 .try_wait()
                 .expect("try_wait");
             if let Some(status) = exited {
+                self.nodes[i].child = None;
+                let log = self.log(i);
+                if log.contains("in use") {
+                    return false;
+                }
                 panic!(
-                    "node {} exited during start-up ({status}):\n{}",
-                    self.nodes[i].id,
-                    self.log(i)
+                    "node {} exited during start-up ({status}):\n{log}",
+                    self.nodes[i].id
                 );
             }
             if std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].amqp_port)).is_ok() {
-                return;
+                return true;
             }
             assert!(
                 Instant::now() < deadline,

@@ -23,12 +23,22 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_raftmq");
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A free port below Linux's ephemeral range (32768-60999 by default), so that no outgoing
+/// connection of a client or of another node can take it between the moment it is picked and
+/// the moment a node binds it, nor while a killed node is down before its restart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind port 0")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Spread test processes apart by pid; walk upwards from there.
+    let base = 20_000 + (std::process::id() % 100) * 120;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = (base + offset) as u16;
+        let port = if port >= 32_000 { port - 12_000 } else { port };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running broker process. Killed (SIGKILL) when dropped, so no test leaves one behind.
