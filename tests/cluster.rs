@@ -685,3 +685,24 @@ async fn a_frozen_leader_resumes_as_a_follower_and_nothing_is_lost() {
     wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
     stop_and_check(&load, tasks, &cluster.uri(new), "frozen").await;
 }
+
+/// Five nodes; two of them (a whole zone's worth) are SIGKILLed under load, the leader among
+/// them: the remaining three elect a leader and go on; nothing confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_five_lost_at_once_the_other_three_carry_on() {
+    let mut cluster = Cluster::start(5, &[]);
+    let leader = cluster.leader().await;
+    declare_durable(&cluster, leader, "five").await;
+    let load = Load::new();
+    let tasks = publishers(&load, &cluster, 3, "v", "five", 20);
+    wait_confirms(&load, 200, Duration::from_secs(60), &cluster).await;
+    let second = (leader + 1) % 5;
+    cluster.kill(leader);
+    cluster.kill(second);
+    let survivors: Vec<usize> = (0..5).filter(|&i| i != leader && i != second).collect();
+    let new = cluster
+        .leader_among(&survivors, Duration::from_secs(30))
+        .await;
+    wait_confirms(&load, 300, Duration::from_secs(60), &cluster).await;
+    stop_and_check(&load, tasks, &cluster.uri(new), "five").await;
+}
