@@ -706,3 +706,38 @@ async fn two_of_five_lost_at_once_the_other_three_carry_on() {
     wait_confirms(&load, 300, Duration::from_secs(60), &cluster).await;
     stop_and_check(&load, tasks, &cluster.uri(new), "five").await;
 }
+
+/// `--inter-az-delay-ms` imitates zone latency: a confirmed publish through a follower crosses
+/// zones at least four times (forward, replicate, and their answers), so it cannot take less
+/// than four delays. The cluster still elects and serves with such latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inter_zone_delay_slows_cross_zone_traffic() {
+    let cluster = Cluster::start(3, &["--inter-az-delay-ms", "60"]);
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    declare_durable(&cluster, follower, "slow").await;
+    let conn = cluster.connect(follower).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let confirm = ch
+        .basic_publish(
+            "".into(),
+            "slow".into(),
+            BasicPublishOptions::default(),
+            b"x",
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(240),
+        "a cross-zone confirm took only {took:?}"
+    );
+}

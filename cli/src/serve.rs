@@ -100,6 +100,15 @@ async fn run_async(config: ServeConfig) -> Result<()> {
         log_config.join = cluster.join;
         log_config.cluster_secret = cluster.secret.clone().unwrap_or_default().into_bytes();
         log_config.inter_az_delay = Duration::from_millis(cluster.inter_az_delay_ms);
+        // openraft gives an AppendEntries (which includes the follower's fsync) one heartbeat
+        // interval to answer, and a vote request the minimum election timeout: both must
+        // outlast a round trip between zones with room to spare.
+        let round_trip = 2 * cluster.inter_az_delay_ms;
+        log_config.heartbeat_interval = Duration::from_millis(100 + 2 * round_trip);
+        log_config.election_timeout_min = log_config
+            .election_timeout_min
+            .max(3 * log_config.heartbeat_interval);
+        log_config.election_timeout_max = 2 * log_config.election_timeout_min;
         log_config.node_down_after = Duration::from_millis(cluster.node_down_after_ms);
         log_config.peers = cluster
             .peers

@@ -98,7 +98,9 @@ impl LogConfig {
             tick_interval: Duration::from_millis(100),
             snapshot_every_entries: 20_000,
             logs_kept_after_snapshot: 1_000,
-            heartbeat_interval: Duration::from_millis(50),
+            // openraft times an AppendEntries out after one heartbeat interval; it includes the
+            // follower's fsync, so it must not be too short.
+            heartbeat_interval: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(300),
             election_timeout_max: Duration::from_millis(600),
             open_timeout: Duration::from_secs(120),
