@@ -53,6 +53,36 @@ fn publishers(
         .collect()
 }
 
+/// A connection to node `node` with a channel in confirm mode.
+async fn confirming_channel(cluster: &Cluster, node: usize) -> (lapin::Connection, lapin::Channel) {
+    let conn = cluster.connect(node).await;
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    (conn, ch)
+}
+
+/// Publishes `body` to `queue` through the default exchange and waits for its confirm.
+async fn publish_confirmed(
+    ch: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> lapin::Confirmation {
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap()
+}
+
 fn uris(cluster: &Cluster) -> Vec<String> {
     (0..cluster.nodes.len()).map(|i| cluster.uri(i)).collect()
 }
@@ -117,24 +147,11 @@ async fn three_nodes_form_a_cluster_and_every_node_serves() {
     assert_eq!(cluster.health(other).unwrap()["leader"], leader_id);
 
     declare_durable(&cluster, follower, "everywhere").await;
-    let conn = cluster.connect(follower).await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_conn, ch) = confirming_channel(&cluster, follower).await;
     for i in 0..50 {
-        let confirm = ch
-            .basic_publish(
-                "".into(),
-                "everywhere".into(),
-                BasicPublishOptions::default(),
-                format!("m{i}").as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        let confirm =
+            publish_confirmed(&ch, "everywhere", format!("m{i}").as_bytes(), persistent).await;
         assert!(confirm.is_ack());
     }
     let reader = cluster.connect(other).await;
@@ -443,23 +460,10 @@ async fn unacked_messages_of_a_dead_nodes_consumer_go_to_other_consumers() {
     let doomed = (leader + 1) % 3;
     let survivor = (leader + 2) % 3;
     declare_durable(&cluster, leader, "held").await;
-    let pconn = cluster.connect(leader).await;
-    let pch = pconn.create_channel().await.unwrap();
-    pch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_pconn, pch) = confirming_channel(&cluster, leader).await;
     for i in 0..10 {
-        pch.basic_publish(
-            "".into(),
-            "held".into(),
-            BasicPublishOptions::default(),
-            format!("h{i}").as_bytes(),
-            BasicProperties::default().with_delivery_mode(2),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        publish_confirmed(&pch, "held", format!("h{i}").as_bytes(), persistent).await;
     }
     let dconn = cluster.connect(doomed).await;
     let dch = dconn.create_channel().await.unwrap();
@@ -716,24 +720,9 @@ async fn inter_zone_delay_slows_cross_zone_traffic() {
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     declare_durable(&cluster, follower, "slow").await;
-    let conn = cluster.connect(follower).await;
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+    let (_conn, ch) = confirming_channel(&cluster, follower).await;
     let started = Instant::now();
-    let confirm = ch
-        .basic_publish(
-            "".into(),
-            "slow".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let confirm = publish_confirmed(&ch, "slow", b"x", BasicProperties::default()).await;
     assert!(confirm.is_ack());
     let took = started.elapsed();
     assert!(

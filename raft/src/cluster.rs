@@ -2,7 +2,7 @@
 //! changes and status (answered by the leader, whichever node is asked), fault injection, and
 //! the leader's watch that declares a silent member lost.
 
-use crate::node::{Role, QUORUM_LOST_AFTER_MS};
+use crate::node::Role;
 use crate::transport::wire::{AdminRequest, Request, Response};
 use crate::transport::{server::AdminHandler, Direction, Faults, PeerClient, Transport};
 use crate::types::{NodeInfo, Raft, RaftMetrics};
@@ -123,22 +123,16 @@ pub struct ClusterStatus {
 }
 
 /// Admin operations; a follower passes them to the leader over the transport.
+#[derive(Clone)]
 pub struct ClusterAdmin {
-    node_id: NodeId,
     raft: Raft,
     transport: Arc<Transport>,
     status: LogStatus,
 }
 
 impl ClusterAdmin {
-    pub(crate) fn new(
-        node_id: NodeId,
-        raft: Raft,
-        transport: Arc<Transport>,
-        status: LogStatus,
-    ) -> ClusterAdmin {
+    pub(crate) fn new(raft: Raft, transport: Arc<Transport>, status: LogStatus) -> ClusterAdmin {
         ClusterAdmin {
-            node_id,
             raft,
             transport,
             status,
@@ -258,12 +252,7 @@ impl ClusterAdmin {
 
 impl AdminHandler for ClusterAdmin {
     fn handle(&self, request: AdminRequest) -> BoxFuture<'static, Result<String, String>> {
-        let admin = ClusterAdmin {
-            node_id: self.node_id,
-            raft: self.raft.clone(),
-            transport: self.transport.clone(),
-            status: self.status.clone(),
-        };
+        let admin = self.clone();
         async move { admin.run(request).await }.boxed()
     }
 }
@@ -347,16 +336,13 @@ pub(crate) async fn watch_members(
             _ = ticker.tick() => {}
         }
         let m = status.metrics();
-        if m.state != ServerState::Leader || status.role() != Role::Leader {
+        // A leader a majority acknowledged lately (a silent member cannot be told from a
+        // partitioned leader otherwise).
+        if Role::of(&m) != Role::Leader {
             leading_since = None;
             continue;
         }
         let since = *leading_since.get_or_insert_with(Instant::now);
-        if m.millis_since_quorum_ack
-            .is_none_or(|ms| ms > QUORUM_LOST_AFTER_MS)
-        {
-            continue;
-        }
         let members: BTreeSet<NodeId> = m
             .membership_config
             .membership()

@@ -211,7 +211,7 @@ impl Role {
         }
     }
 
-    fn of(metrics: &RaftMetrics) -> Role {
+    pub(crate) fn of(metrics: &RaftMetrics) -> Role {
         match metrics.state {
             ServerState::Leader => {
                 let voters: BTreeSet<NodeId> =
@@ -369,7 +369,6 @@ impl LogNode {
             stats,
         };
         let admin = Arc::new(ClusterAdmin::new(
-            config.node_id,
             raft.clone(),
             transport.clone(),
             status.clone(),

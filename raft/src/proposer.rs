@@ -58,6 +58,14 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The last applied index and the known leader: all the batcher needs from the metrics.
+fn applied_and_leader(m: &RaftMetrics) -> (u64, Option<NodeId>) {
+    (
+        m.last_applied.map(|l| l.index).unwrap_or(0),
+        m.current_leader,
+    )
+}
+
 /// Why a batch did not reach the log.
 #[derive(Debug)]
 pub(crate) enum SendError {
@@ -271,8 +279,8 @@ impl Batcher {
                         self.fail_all(&mut run, &Fatal::Stopped);
                         continue;
                     }
-                    let m = metrics.borrow_and_update().clone();
-                    self.progress(&mut run, &m);
+                    let (applied, leader) = applied_and_leader(&metrics.borrow_and_update());
+                    self.progress(&mut run, applied, leader);
                     continue;
                 }
                 _ = tokio::time::sleep_until(resend_at), if run.resend_at.is_some() => {
@@ -392,8 +400,8 @@ impl Batcher {
                 if let Some(p) = run.pending.iter_mut().find(|p| p.seq == seq) {
                     p.committed_at = Some(index);
                 }
-                let m = self.raft.metrics().borrow().clone();
-                self.progress(run, &m);
+                let (applied, leader) = applied_and_leader(&self.raft.metrics().borrow());
+                self.progress(run, applied, leader);
             }
             Err(SendError::Fatal(fatal)) => self.fail_all(run, &fatal),
             Err(e) => {
@@ -412,8 +420,7 @@ impl Batcher {
     /// Looks at what this node has applied: batches that took effect are done; a batch that was
     /// committed but did not take effect, or a new leader, means proposing again; a life that
     /// the cluster ended means starting over.
-    fn progress(&mut self, run: &mut Run, m: &RaftMetrics) {
-        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+    fn progress(&mut self, run: &mut Run, applied: u64, leader: Option<NodeId>) {
         if let Some(life) = &run.life {
             let seen = self.status.read_state(|s| s.node_life(self.node_id));
             match seen {
@@ -451,9 +458,9 @@ impl Batcher {
             // Committed, applied, and still not taken: an earlier batch was missing then.
             run.resend_at = Some(Instant::now());
         }
-        if m.current_leader != run.last_leader {
-            run.last_leader = m.current_leader;
-            if !run.pending.is_empty() && m.current_leader.is_some() {
+        if leader != run.last_leader {
+            run.last_leader = leader;
+            if !run.pending.is_empty() && leader.is_some() {
                 run.resend_at = Some(Instant::now());
             }
         }

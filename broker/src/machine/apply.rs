@@ -14,7 +14,7 @@ use super::effect::{Effect, OutgoingMessage, Reply};
 use super::exchange::{Destination, Exchange, ExchangeKind};
 use super::queue::{check_args_equivalent, Queue, QueueArgs};
 use super::{Ctx, Incoming, State};
-use crate::ids::{ChannelRef, NodeId};
+use crate::ids::{ChannelRef, ConnId, NodeId};
 use crate::reply_code::{self, *};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -110,16 +110,7 @@ impl State {
                 // A connection of an ended life (its node restarted or was declared lost):
                 // nothing it sends counts. Tell its node to close it, in case it has not yet.
                 if !matches!(cmd, Command::ConnectionClosed { .. }) {
-                    cx.fx.push(Effect::ConnectionError {
-                        conn,
-                        reply_code: reply_code::CONNECTION_FORCED,
-                        reply_text: reply_code::text(
-                            reply_code::CONNECTION_FORCED,
-                            "this connection's node lost contact with the cluster; reconnect",
-                        ),
-                        class_id: 0,
-                        method_id: 0,
-                    });
+                    cx.fx.push(lost_contact(conn));
                 }
                 return;
             }
@@ -937,17 +928,7 @@ impl State {
                 },
             );
         }
-        let stale = |c: &crate::ids::ConnId| c.node == node && c.epoch != epoch;
-        let mut conns = BTreeSet::new();
-        conns.extend(self.channels.keys().map(|c| c.conn).filter(stale));
-        conns.extend(self.errored_channels.iter().map(|c| c.conn).filter(stale));
-        conns.extend(self.owned_queues.iter().map(|(c, _)| *c).filter(stale));
-        conns.extend(self.errored_conns.iter().copied().filter(stale));
-        for conn in conns {
-            self.errored_conns.remove(&conn);
-            self.close_connection(conn, cx);
-            debug_assert!(self.channels.range(channel_range(conn)).next().is_none());
-        }
+        self.close_connections_where(|c| c.node == node && c.epoch != epoch, cx);
         if !drop_transient {
             return;
         }
@@ -973,9 +954,7 @@ impl State {
             self.stats.removed += q.retain_ready(|m| m.persistent);
         }
     }
-}
 
-impl State {
     /// Ends `node`'s life `epoch` (if it is still the current one): its connections are closed
     /// here as if they had dropped, and told to close on the node, should it still be running.
     fn node_lost(&mut self, node: NodeId, epoch: u64, cx: &mut Ctx) {
@@ -983,26 +962,43 @@ impl State {
             Some(life) if life.epoch == epoch && !life.lost => life.lost = true,
             _ => return,
         }
-        let of_node = |c: &crate::ids::ConnId| c.node == node;
-        let mut conns = BTreeSet::new();
-        conns.extend(self.channels.keys().map(|c| c.conn).filter(of_node));
-        conns.extend(self.errored_channels.iter().map(|c| c.conn).filter(of_node));
-        conns.extend(self.owned_queues.iter().map(|(c, _)| *c).filter(of_node));
-        conns.extend(self.errored_conns.iter().copied().filter(of_node));
-        for conn in conns {
-            self.errored_conns.remove(&conn);
-            self.close_connection(conn, cx);
-            cx.fx.push(Effect::ConnectionError {
-                conn,
-                reply_code: reply_code::CONNECTION_FORCED,
-                reply_text: reply_code::text(
-                    reply_code::CONNECTION_FORCED,
-                    "this connection's node lost contact with the cluster; reconnect",
-                ),
-                class_id: 0,
-                method_id: 0,
-            });
+        for conn in self.close_connections_where(|c| c.node == node, cx) {
+            cx.fx.push(lost_contact(conn));
         }
+    }
+
+    /// Closes every connection the state knows (by its channels, exclusive queues or pending
+    /// errors) that `which` selects, as if it had dropped; returns them.
+    fn close_connections_where(
+        &mut self,
+        which: impl Fn(&ConnId) -> bool,
+        cx: &mut Ctx,
+    ) -> BTreeSet<ConnId> {
+        let mut conns = BTreeSet::new();
+        conns.extend(self.channels.keys().map(|c| c.conn).filter(&which));
+        conns.extend(self.errored_channels.iter().map(|c| c.conn).filter(&which));
+        conns.extend(self.owned_queues.iter().map(|(c, _)| *c).filter(&which));
+        conns.extend(self.errored_conns.iter().copied().filter(&which));
+        for conn in &conns {
+            self.errored_conns.remove(conn);
+            self.close_connection(*conn, cx);
+            debug_assert!(self.channels.range(channel_range(*conn)).next().is_none());
+        }
+        conns
+    }
+}
+
+/// The close sent to a connection whose node's life ended in the replicated state.
+fn lost_contact(conn: ConnId) -> Effect {
+    Effect::ConnectionError {
+        conn,
+        reply_code: reply_code::CONNECTION_FORCED,
+        reply_text: reply_code::text(
+            reply_code::CONNECTION_FORCED,
+            "this connection's node lost contact with the cluster; reconnect",
+        ),
+        class_id: 0,
+        method_id: 0,
     }
 }
 

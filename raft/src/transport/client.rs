@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -41,7 +41,8 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
 /// An established, authenticated connection.
 struct Conn {
-    out: mpsc::UnboundedSender<(Instant, Vec<u8>)>,
+    /// Dropping it (with the connection) ends the writer.
+    out: wire::Outbox,
     pending: Pending,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
@@ -141,11 +142,6 @@ impl PeerClient {
         }
     }
 
-    /// Waits for a response started with [`start`](Self::start), noting the contact.
-    pub fn note_answer(&self) {
-        self.transport.note_contact(self.target);
-    }
-
     async fn connect(&self) -> Result<Conn, CallError> {
         let connect_err = |detail: String| CallError::Connect {
             node: self.target,
@@ -186,20 +182,13 @@ impl PeerClient {
         let (mut reader, writer) = stream.into_split();
         let pending: Pending = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
-        let (out, mut out_rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        let (out, frames) = wire::spawn_writer(writer);
+        // When the writer ends, so does this connection: the next call makes a new one, and
+        // requests that were waiting fail now instead of at their timeout.
         let writer_closed = closed.clone();
         let writer_pending = pending.clone();
         let write_task = tokio::spawn(async move {
-            let mut writer = BufWriter::new(writer);
-            while let Some((send_at, frame)) = out_rx.recv().await {
-                tokio::time::sleep_until(send_at).await;
-                if writer.write_all(&frame).await.is_err() {
-                    break;
-                }
-                if out_rx.is_empty() && writer.flush().await.is_err() {
-                    break;
-                }
-            }
+            let _ = frames.await;
             writer_closed.store(true, Ordering::Release);
             writer_pending.lock().expect("pending lock").clear();
         });

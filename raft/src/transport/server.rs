@@ -13,9 +13,9 @@ use futures::future::BoxFuture;
 use openraft::ServerState;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -118,23 +118,10 @@ async fn serve_peer(
     let peer = hello.from;
     let delay = transport.delay_for(&hello.zone);
     let (mut reader, writer) = stream.into_split();
-    let (out, mut out_rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let writer_task = tokio::spawn(async move {
-        let mut writer = BufWriter::new(writer);
-        while let Some((send_at, frame)) = out_rx.recv().await {
-            tokio::time::sleep_until(send_at).await;
-            if writer.write_all(&frame).await.is_err() {
-                break;
-            }
-            if out_rx.is_empty() && writer.flush().await.is_err() {
-                break;
-            }
-        }
-    });
-    let respond =
-        move |out: &mpsc::UnboundedSender<(Instant, Vec<u8>)>, id: u64, body: Response| {
-            let _ = out.send((Instant::now() + delay, wire::encode(&Tagged { id, body })));
-        };
+    let (out, writer_task) = wire::spawn_writer(writer);
+    let respond = move |out: &wire::Outbox, id: u64, body: Response| {
+        let _ = out.send((Instant::now() + delay, wire::encode(&Tagged { id, body })));
+    };
 
     loop {
         let request = tokio::select! {

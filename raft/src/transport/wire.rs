@@ -14,7 +14,10 @@ use raftmq_broker::machine::command::Entry;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// The first bytes on every connection, so that a stray client (an AMQP client on the wrong
 /// port, say) is told apart at once.
@@ -119,6 +122,29 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
 ) -> io::Result<()> {
     w.write_all(&encode(value)).await?;
     w.flush().await
+}
+
+/// Where frames to send go, each with the instant it may leave (the simulated zone delay).
+pub type Outbox = mpsc::UnboundedSender<(Instant, Vec<u8>)>;
+
+/// Writes the frames queued on the returned [`Outbox`] to `writer`, each no earlier than its
+/// instant, in order, flushing whenever the queue runs empty. Ends when the outbox is dropped
+/// or a write fails.
+pub fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(writer: W) -> (Outbox, JoinHandle<()>) {
+    let (out, mut frames) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let task = tokio::spawn(async move {
+        let mut writer = BufWriter::new(writer);
+        while let Some((send_at, frame)) = frames.recv().await {
+            tokio::time::sleep_until(send_at).await;
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+            if frames.is_empty() && writer.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    (out, task)
 }
 
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(r: &mut R) -> io::Result<T> {
