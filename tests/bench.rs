@@ -1,34 +1,26 @@
 //! `raftmq bench` against a real broker: it publishes with confirms, consumes, drains, and
 //! reports what it counted; its lost/duplicated counts agree with the broker's queue.
 
-use crate::common::{message_count, Broker, BIN};
+use crate::common::{message_count, run_json, Broker, BIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_rates_and_no_loss_against_a_real_broker() {
     let broker = Broker::start();
-    let out = std::process::Command::new(BIN)
-        .args([
-            "bench",
-            "--uri",
-            &broker.uri(),
-            "--duration",
-            "2",
-            "--confirm",
-            "50",
-            "--persistent",
-            "--size",
-            "16",
-            "--json",
-        ])
-        .args(["--queue-prefix", "benchq"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = run_json(&[
+        "bench",
+        "--uri",
+        &broker.uri(),
+        "--duration",
+        "2",
+        "--confirm",
+        "50",
+        "--persistent",
+        "--size",
+        "16",
+        "--json",
+        "--queue-prefix",
+        "benchq",
+    ]);
     let confirmed = report["confirmed"].as_u64().unwrap();
     assert!(confirmed > 0, "{report}");
     assert_eq!(report["lost"], 0);

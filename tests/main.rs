@@ -16,3 +16,4 @@ mod exchanges;
 mod operation;
 mod queue_arguments;
 mod queues;
+mod standby;

@@ -15,26 +15,88 @@ pub enum LogError {
 }
 
 /// A cloneable handle for proposing commands. `submit` returns once the command is queued for
-/// ordering (not once it is committed): its outcome arrives as effects. Commands submitted
-/// through one handle keep their order in the log. The queue is bounded, so a full log slows
-/// the connections down (and through them, TCP slows the clients).
+/// ordering (not once it is committed): its outcome arrives as effects. The queues are bounded,
+/// so a full log slows the connections down (and through them, TCP slows the clients).
+///
+/// There are two lanes, and the log drains the consumer lane first. A connection that has
+/// never published submits everything through the consumer lane (`submit_consumer`); its first
+/// publish and everything after it go through the ordinary lane (`submit`). So under a flood of
+/// publishes, consumers' acks are not stuck behind thousands of them, and consumers keep up
+/// (RabbitMQ gets a similar effect from credit flow, which slows publishers down). The order of
+/// one connection's commands is kept: its consumer-lane commands were all submitted before its
+/// first ordinary-lane one, and the consumer lane is drained first.
 #[derive(Clone, Debug)]
 pub struct Proposer {
     tx: mpsc::Sender<Command>,
+    consumer_tx: mpsc::Sender<Command>,
 }
 
 /// The ordering side of [`Proposer`]: the log reads commands from it and batches them.
-pub type ProposalReceiver = mpsc::Receiver<Command>;
+#[derive(Debug)]
+pub struct ProposalReceiver {
+    commands: mpsc::Receiver<Command>,
+    consumer: mpsc::Receiver<Command>,
+}
 
-/// A proposer and its receiving end, with room for `capacity` queued commands.
+/// A proposer and its receiving end, with room for `capacity` queued commands in each lane.
 pub fn proposal_channel(capacity: usize) -> (Proposer, ProposalReceiver) {
-    let (tx, rx) = mpsc::channel(capacity);
-    (Proposer { tx }, rx)
+    let (tx, commands) = mpsc::channel(capacity);
+    let (consumer_tx, consumer) = mpsc::channel(capacity);
+    (
+        Proposer { tx, consumer_tx },
+        ProposalReceiver { commands, consumer },
+    )
 }
 
 impl Proposer {
+    /// Queues a command in the ordinary lane.
     pub async fn submit(&self, command: Command) -> Result<(), LogError> {
         self.tx.send(command).await.map_err(|_| LogError::Closed)
+    }
+
+    /// Queues a command of a connection that has not published (yet) in the consumer lane,
+    /// which the log drains first.
+    pub async fn submit_consumer(&self, command: Command) -> Result<(), LogError> {
+        self.consumer_tx
+            .send(command)
+            .await
+            .map_err(|_| LogError::Closed)
+    }
+}
+
+impl ProposalReceiver {
+    /// The next command, the consumer lane first; None once both lanes are closed and empty.
+    pub async fn recv(&mut self) -> Option<Command> {
+        let mut consumer_open = true;
+        let mut commands_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                command = self.consumer.recv(), if consumer_open => match command {
+                    Some(command) => return Some(command),
+                    None => consumer_open = false,
+                },
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(command) => return Some(command),
+                    None => commands_open = false,
+                },
+                else => return None,
+            }
+        }
+    }
+
+    /// A queued command without waiting, the consumer lane first.
+    pub fn try_recv(&mut self) -> Option<Command> {
+        self.consumer
+            .try_recv()
+            .or_else(|_| self.commands.try_recv())
+            .ok()
+    }
+
+    /// Refuses new commands; those already queued can still be received.
+    pub fn close(&mut self) {
+        self.consumer.close();
+        self.commands.close();
     }
 }
 
@@ -54,4 +116,58 @@ pub struct DiscardEffects;
 
 impl EffectSink for DiscardEffects {
     fn dispatch(&self, _effects: Vec<Effect>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{ChannelRef, ConnId};
+    use crate::machine::command::Settle;
+
+    fn conn(seq: u64) -> ConnId {
+        ConnId {
+            node: 1,
+            epoch: 1,
+            seq,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_consumer_lane_overtakes_queued_commands_and_each_lane_keeps_its_order() {
+        let (proposer, mut proposals) = proposal_channel(16);
+        let ch = ChannelRef {
+            conn: conn(9),
+            number: 1,
+            generation: 0,
+        };
+        let ack = |tag| Command::Settle {
+            ch,
+            settle: Settle::Ack {
+                delivery_tag: tag,
+                multiple: false,
+            },
+        };
+        for seq in 1..=3 {
+            proposer
+                .submit(Command::ConnectionClosed { conn: conn(seq) })
+                .await
+                .unwrap();
+        }
+        proposer.submit_consumer(ack(1)).await.unwrap();
+        proposer.submit_consumer(ack(2)).await.unwrap();
+        let mut order = vec![proposals.recv().await.unwrap()];
+        while let Some(command) = proposals.try_recv() {
+            order.push(command);
+        }
+        let expected = vec![
+            ack(1),
+            ack(2),
+            Command::ConnectionClosed { conn: conn(1) },
+            Command::ConnectionClosed { conn: conn(2) },
+            Command::ConnectionClosed { conn: conn(3) },
+        ];
+        assert_eq!(order, expected);
+        drop(proposer);
+        assert!(proposals.recv().await.is_none(), "both lanes closed");
+    }
 }

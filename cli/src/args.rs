@@ -227,6 +227,22 @@ pub struct ServeArgs {
     /// Take a snapshot of the state after this many log entries [default: 20000].
     #[arg(long, env = "RAFTMQ_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+
+    /// Threads that run the connections, the log and the state machine [default: half the
+    /// CPUs, at least 1]. Disk writes run on a separate pool. Fewer threads mean fewer
+    /// wake-ups between them: on 2 cores, 1 thread delivered 4x more under 4 publishers and 4
+    /// consumers (docs/benchmarks.md).
+    #[arg(long, env = "RAFTMQ_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+
+    /// Active/standby mode: the log lives in this shared directory (an EFS/NFS mount, or one
+    /// volume of two containers) instead of --data-dir. Start two nodes on it: the one that
+    /// takes the directory's lock serves, the other waits as standby (AMQP port closed,
+    /// /health role "standby") and takes over when the active dies. Not combinable with the
+    /// cluster flags. Mount the share first: the directory is created if missing at start,
+    /// and an empty one is a fresh start.
+    #[arg(long, env = "RAFTMQ_SHARED_DIR", conflicts_with_all = ["data_dir", "peers", "join", "raft_listen"])]
+    pub shared_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -313,6 +329,10 @@ pub struct BenchArgs {
     /// Rate limit per producer, messages per second (0: none).
     #[arg(long, env = "RAFTMQ_BENCH_RATE")]
     pub rate: Option<u32>,
+    /// Each producer stops after this many messages; the run then ends early once every
+    /// producer is done (to fill a queue: --consumers 0 --messages N).
+    #[arg(long, env = "RAFTMQ_BENCH_MESSAGES")]
+    pub messages: Option<u64>,
     /// Print the summary as JSON (no progress lines).
     #[arg(long, env = "RAFTMQ_BENCH_JSON")]
     pub json: bool,

@@ -170,7 +170,11 @@ async fn producer(args: Arc<BenchArgs>, shared: Arc<Shared>, index: usize) {
             if shared.stop.load(Ordering::Relaxed) {
                 break;
             }
-            if args.confirm == 0 || in_flight.len() < args.confirm {
+            let done = args.messages.is_some_and(|n| seq >= n);
+            if done && in_flight.is_empty() {
+                break;
+            }
+            if !done && (args.confirm == 0 || in_flight.len() < args.confirm) {
                 if let Some(t) = ticker.as_mut() {
                     t.tick().await;
                 }
@@ -457,7 +461,10 @@ async fn run_async(args: Arc<BenchArgs>) -> Result<Report> {
     let duration = Duration::from_secs_f64(args.duration);
     let began = Instant::now();
     let mut last = (0u64, 0u64, 0u64);
-    while began.elapsed() < duration {
+    let producers_done = |p: &[tokio::task::JoinHandle<()>]| {
+        !p.is_empty() && args.messages.is_some() && p.iter().all(|p| p.is_finished())
+    };
+    while began.elapsed() < duration && !producers_done(&producers) {
         tokio::time::sleep(Duration::from_secs(1).min(duration.saturating_sub(began.elapsed())))
             .await;
         let now = (
@@ -562,7 +569,7 @@ fn print_report(r: &Report) {
         c.p50, c.p95, c.p99, c.max
     );
     println!(
-        "lost {}   duplicated {}   reconnects {}",
-        r.lost, r.duplicated, r.reconnects
+        "lost {}   duplicated {}   reconnects {}   longest pause between confirms {:.0} ms",
+        r.lost, r.duplicated, r.reconnects, r.max_confirm_gap_ms
     );
 }

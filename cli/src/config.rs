@@ -31,6 +31,8 @@ struct FileConfig {
     inter_az_delay_ms: Option<u64>,
     node_down_after_ms: Option<u64>,
     snapshot_every: Option<u64>,
+    shared_dir: Option<PathBuf>,
+    worker_threads: Option<usize>,
 }
 
 /// One member of the cluster, from `--peer`.
@@ -68,6 +70,10 @@ pub struct ServeConfig {
     pub tick_ms: u64,
     pub snapshot_every: u64,
     pub cluster: Option<ClusterConfig>,
+    /// Active/standby: the shared directory (then `data_dir` is the same directory).
+    pub shared_dir: Option<PathBuf>,
+    /// Async runtime worker threads.
+    pub worker_threads: usize,
 }
 
 impl ServeConfig {
@@ -81,6 +87,7 @@ impl ServeConfig {
             }
             None => FileConfig::default(),
         };
+        let data_dir_given = args.data_dir.is_some() || file.data_dir.is_some();
         let user = args.default_user.or(file.default_user);
         let pass = args.default_pass.or(file.default_pass);
         let default_user = match (user, pass) {
@@ -120,6 +127,11 @@ impl ServeConfig {
                 .or(file.snapshot_every)
                 .unwrap_or(20_000),
             cluster: None,
+            shared_dir: None,
+            worker_threads: args
+                .worker_threads
+                .or(file.worker_threads)
+                .unwrap_or_else(default_worker_threads),
         };
         let peer_specs = if args.peers.is_empty() {
             file.peers.unwrap_or_default()
@@ -183,7 +195,22 @@ impl ServeConfig {
                     .unwrap_or(5000),
             })
         };
-        let config = ServeConfig { cluster, ..config };
+        let shared_dir = args.shared_dir.or(file.shared_dir);
+        if let Some(dir) = &shared_dir {
+            if cluster.is_some() {
+                anyhow::bail!("--shared-dir (active/standby) cannot be combined with the cluster settings (--peer, --join, --raft-listen)");
+            }
+            if data_dir_given {
+                anyhow::bail!("--shared-dir and --data-dir are exclusive: in active/standby mode the data lives in {}", dir.display());
+            }
+        }
+        let data_dir = shared_dir.clone().unwrap_or(config.data_dir);
+        let config = ServeConfig {
+            cluster,
+            shared_dir,
+            data_dir,
+            ..config
+        };
         if config.node_id == 0 {
             anyhow::bail!("--node-id must be at least 1");
         }
@@ -193,9 +220,20 @@ impl ServeConfig {
         if config.snapshot_every == 0 {
             anyhow::bail!("--snapshot-every must be at least 1");
         }
+        if config.worker_threads == 0 {
+            anyhow::bail!("--worker-threads must be at least 1");
+        }
         if config.tick_ms == 0 {
             anyhow::bail!("--tick-ms must be at least 1");
         }
         Ok(config)
     }
+}
+
+/// Half the CPUs, at least one: the other half is left to the disk-write pool, the kernel's
+/// network stack and, on small machines, the clients.
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| (n.get() / 2).max(1))
+        .unwrap_or(1)
 }

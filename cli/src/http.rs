@@ -1,6 +1,7 @@
 //! HTTP endpoints of a node, and the client side of the admin subcommands.
 //!
-//! - `GET /health`: node id, role (standalone, leader, follower, ...), leader, term.
+//! - `GET /health`: node id, role (standalone, leader, follower, active, standby, ...),
+//!   status, leader, term; HTTP 503 when the node cannot serve (its storage failed).
 //! - `GET /cluster`: the cluster as the leader sees it (members, zones, indexes, lag).
 //! - `POST /cluster/members` `{"node_id","raft_addr","amqp_addr","zone"}`: add a voter.
 //! - `DELETE /cluster/members/{id}`: remove a member.
@@ -21,16 +22,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// What /health reports; filled in by `serve`.
-pub trait HealthSource: Send + Sync + 'static {
+/// What the endpoints read: the node's health and, while it has a log, its cluster admin.
+/// Filled in by `serve`.
+pub trait NodeSource: Send + Sync + 'static {
     fn health(&self) -> Health;
+    /// None unless this is a cluster member with its log open.
+    fn cluster(&self) -> Option<Arc<ClusterAdmin>>;
 }
+
+/// `status` when all is well; anything else makes /health answer 503.
+pub const STATUS_OK: &str = "ok";
 
 #[derive(Debug, Serialize)]
 pub struct Health {
     pub node_id: u64,
     pub role: String,
     pub status: &'static str,
+    /// Why the status is not "ok", or what a standby waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Active/standby: the fencing epoch the active took over with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fence_epoch: Option<u64>,
     pub connections: usize,
     pub last_applied: Option<u64>,
     /// The leader this node follows (itself when it leads), if one is known.
@@ -38,17 +51,22 @@ pub struct Health {
     pub term: u64,
 }
 
-/// The admin side: cluster operations and the secret that guards them.
-#[derive(Clone)]
-pub struct Admin {
-    pub cluster: Arc<ClusterAdmin>,
-    pub secret: Option<String>,
-}
-
 #[derive(Clone)]
 struct AppState {
-    health: Arc<dyn HealthSource>,
-    admin: Admin,
+    node: Arc<dyn NodeSource>,
+    /// The cluster secret that guards changes.
+    secret: Option<String>,
+}
+
+impl AppState {
+    fn cluster(&self) -> Result<Arc<ClusterAdmin>, Reply> {
+        self.node.cluster().ok_or_else(|| {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no cluster here: this node is standalone or part of an active/standby pair",
+            )
+        })
+    }
 }
 
 const SECRET_HEADER: &str = "x-raftmq-secret";
@@ -60,7 +78,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
 }
 
 fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Reply> {
-    let Some(secret) = &state.admin.secret else {
+    let Some(secret) = &state.secret else {
         return Ok(());
     };
     let given = headers.get(SECRET_HEADER).and_then(|v| v.to_str().ok());
@@ -74,16 +92,28 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Reply> {
     }
 }
 
-async fn health(State(state): State<AppState>) -> Json<Health> {
-    Json(state.health.health())
+async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
+    let health = state.node.health();
+    let code = if health.status == STATUS_OK {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(health))
 }
 
-async fn cluster_status(State(state): State<AppState>) -> Reply {
-    let status = state.admin.cluster.status().await;
+/// A handler's answer: `Err` carries an error reply, so checks can use `?`.
+type Answer = Result<Reply, Reply>;
+
+fn json_ok(value: impl Serialize) -> Reply {
     (
         StatusCode::OK,
-        Json(serde_json::to_value(status).unwrap_or_default()),
+        Json(serde_json::to_value(value).unwrap_or_default()),
     )
+}
+
+async fn cluster_status(State(state): State<AppState>) -> Answer {
+    Ok(json_ok(state.cluster()?.status().await))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,43 +126,41 @@ pub struct AddMember {
     pub zone: String,
 }
 
+/// The outcome of a membership change as a reply.
+fn changed(outcome: Result<String, String>) -> Reply {
+    match outcome {
+        Ok(done) => json_ok(serde_json::json!({ "result": done })),
+        Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
+
 async fn add_member(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(req): Json<AddMember>,
-) -> Reply {
-    if let Err(e) = authorize(&state, &headers) {
-        return e;
-    }
+) -> Answer {
+    authorize(&state, &headers)?;
     if req.node_id == 0 || req.raft_addr.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "node_id (at least 1) and raft_addr are required",
-        );
+        ));
     }
     let info = NodeInfo {
         raft_addr: req.raft_addr,
         amqp_addr: req.amqp_addr,
         zone: req.zone,
     };
-    match state.admin.cluster.add_voter(req.node_id, info).await {
-        Ok(done) => (StatusCode::OK, Json(serde_json::json!({ "result": done }))),
-        Err(e) => error(StatusCode::CONFLICT, e),
-    }
+    Ok(changed(state.cluster()?.add_voter(req.node_id, info).await))
 }
 
 async fn remove_member(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<u64>,
-) -> Reply {
-    if let Err(e) = authorize(&state, &headers) {
-        return e;
-    }
-    match state.admin.cluster.remove(id).await {
-        Ok(done) => (StatusCode::OK, Json(serde_json::json!({ "result": done }))),
-        Err(e) => error(StatusCode::CONFLICT, e),
-    }
+) -> Answer {
+    authorize(&state, &headers)?;
+    Ok(changed(state.cluster()?.remove(id).await))
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,47 +174,38 @@ fn both() -> Direction {
     Direction::Both
 }
 
-async fn faults(State(state): State<AppState>) -> Reply {
-    let faults = state.admin.cluster.faults();
-    (
-        StatusCode::OK,
-        Json(serde_json::to_value(faults).unwrap_or_default()),
-    )
+async fn faults(State(state): State<AppState>) -> Answer {
+    Ok(json_ok(state.cluster()?.faults()))
 }
 
 async fn add_fault(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(req): Json<Partition>,
-) -> Reply {
-    if let Err(e) = authorize(&state, &headers) {
-        return e;
-    }
+) -> Answer {
+    authorize(&state, &headers)?;
+    let cluster = state.cluster()?;
     for peer in &req.peers {
-        state.admin.cluster.cut(*peer, req.direction);
+        cluster.cut(*peer, req.direction);
     }
-    faults(State(state)).await
+    Ok(json_ok(cluster.faults()))
 }
 
-async fn heal(State(state): State<AppState>, headers: HeaderMap) -> Reply {
-    if let Err(e) = authorize(&state, &headers) {
-        return e;
-    }
-    state.admin.cluster.heal();
-    faults(State(state)).await
+async fn heal(State(state): State<AppState>, headers: HeaderMap) -> Answer {
+    authorize(&state, &headers)?;
+    let cluster = state.cluster()?;
+    cluster.heal();
+    Ok(json_ok(cluster.faults()))
 }
 
-pub fn router(health_source: Arc<dyn HealthSource>, admin: Admin) -> Router {
+pub fn router(node: Arc<dyn NodeSource>, secret: Option<String>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/cluster", get(cluster_status))
         .route("/cluster/members", axum::routing::post(add_member))
         .route("/cluster/members/{id}", delete(remove_member))
         .route("/admin/faults", get(faults).post(add_fault).delete(heal))
-        .with_state(AppState {
-            health: health_source,
-            admin,
-        })
+        .with_state(AppState { node, secret })
 }
 
 /// A plain HTTP/1.0 request; returns the status code and the body.

@@ -4,6 +4,8 @@
 //! - `args`: the clap definitions (every flag has help text and a RAFTMQ_* variable)
 //! - `config`: flags > environment > TOML file > defaults
 //! - `serve`: wires the log, the broker and the HTTP endpoints together
+//! - `standby`: active/standby on a shared directory (`serve --shared-dir`)
+//! - `node_view`: what /health and the admin endpoints see of the node as it changes role
 //! - `http`: the HTTP endpoints (/health, /cluster, /admin/faults) and their client
 //! - `cluster_cmd`: `raftmq cluster ...`
 //! - `bench`: `raftmq bench`, the load generator
@@ -13,7 +15,9 @@ mod bench;
 mod cluster_cmd;
 mod config;
 mod http;
+mod node_view;
 mod serve;
+mod standby;
 
 use anyhow::Result;
 use clap::Parser;

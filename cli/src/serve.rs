@@ -2,21 +2,24 @@
 //! transport and wait for a leader), announce this node's new life, then serve AMQP and HTTP
 //! until SIGTERM/SIGINT; then close client connections with 320 CONNECTION_FORCED, let the log
 //! drain and flush, and exit 0. When the cluster ends this node's life (it was cut off and
-//! declared lost), its clients are disconnected and a new life begins.
+//! declared lost), its clients are disconnected and a new life begins. Active/standby mode
+//! (`--shared-dir`) wraps the same serving in a standby loop: see `standby.rs`.
 
 use crate::args::LogFormat;
 use crate::config::ServeConfig;
-use crate::http::{self, Health, HealthSource};
+use crate::http;
+use crate::node_view::{Deployment, NodeView};
 use anyhow::{Context, Result};
 use raftmq_broker::connection::auth::Users;
 use raftmq_broker::dispatch::Dispatcher;
 use raftmq_broker::log::proposal_channel;
 use raftmq_broker::reply_code::{self, CONNECTION_FORCED};
 use raftmq_broker::server::{serve, Broker, BrokerConfig};
-use raftmq_raft::{LogConfig, LogNode, LogStatus, NodeInfo};
+use raftmq_raft::{LogConfig, LogNode, NodeInfo};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -37,37 +40,10 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-struct NodeHealth {
-    node_id: u64,
-    log: LogStatus,
-    dispatcher: Arc<Dispatcher>,
-}
-
-impl HealthSource for NodeHealth {
-    fn health(&self) -> Health {
-        let metrics = self.log.metrics();
-        let role = self.log.role();
-        Health {
-            node_id: self.node_id,
-            role: role.to_string(),
-            status: "ok",
-            connections: self.dispatcher.connection_count(),
-            last_applied: metrics.last_applied.map(|id| id.index),
-            leader: if role == raftmq_raft::Role::Follower
-                && metrics.current_leader == Some(self.node_id)
-            {
-                None
-            } else {
-                metrics.current_leader
-            },
-            term: metrics.current_term,
-        }
-    }
-}
-
 pub fn run(config: ServeConfig) -> Result<()> {
     init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
         .enable_all()
         .thread_name("raftmq")
         .build()?;
@@ -77,9 +53,38 @@ pub fn run(config: ServeConfig) -> Result<()> {
 async fn run_async(config: ServeConfig) -> Result<()> {
     let span = tracing::info_span!("node", node = config.node_id);
     let _enter = span.enter();
+    let stop = Stop::on_signals();
+    if let Some(dir) = config.shared_dir.clone() {
+        return crate::standby::run(config, dir, stop).await;
+    }
     let dispatcher = Arc::new(Dispatcher::new());
-    let mut log_config = LogConfig::new(
+    let log_config = log_config(&config, config.node_id);
+    // The data directory lock comes first: a second `serve` on the same directory must fail
+    // at once, before it binds any port.
+    let log = LogNode::open(log_config, dispatcher.clone())
+        .await
+        .context("cannot open the log")?;
+    let amqp = bind_amqp(&config).await?;
+    let view = NodeView::new(
         config.node_id,
+        if config.cluster.is_some() {
+            Deployment::Cluster
+        } else {
+            Deployment::Standalone
+        },
+    );
+    view.set_serving(log.status(), dispatcher.clone(), log.admin(), None);
+    let http = HttpServer::start(&config, view.clone()).await?;
+    let result = serve_log(&config, log, dispatcher, amqp, &view, None, stop.wait()).await;
+    http.stop().await;
+    info!("stopped");
+    result
+}
+
+/// The log's settings from the serve settings; `member_id` is this node's id in the group.
+pub(crate) fn log_config(config: &ServeConfig, member_id: u64) -> LogConfig {
+    let mut log_config = LogConfig::new(
+        member_id,
         config.data_dir.clone(),
         NodeInfo {
             raft_addr: String::new(),
@@ -136,29 +141,68 @@ async fn run_async(config: ServeConfig) -> Result<()> {
         }
         info!(zone = %cluster.zone, raft = %cluster.raft_listen, peers = cluster.peers.len(), join = cluster.join, "cluster mode");
     }
-    // The data directory lock comes first: a second `serve` on the same directory must fail
-    // at once, before it binds any port.
-    let log = LogNode::open(log_config, dispatcher.clone())
-        .await
-        .context("cannot open the log")?;
+    log_config
+}
 
-    let amqp = tokio::net::TcpListener::bind(config.amqp_listen)
+pub(crate) async fn bind_amqp(config: &ServeConfig) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.amqp_listen)
         .await
-        .with_context(|| format!("cannot listen for AMQP on {}", config.amqp_listen))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+        .with_context(|| format!("cannot listen for AMQP on {}", config.amqp_listen))
+}
 
+/// The HTTP endpoints, up for the whole life of the process.
+pub(crate) struct HttpServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpServer {
+    pub(crate) async fn start(config: &ServeConfig, view: Arc<NodeView>) -> Result<HttpServer> {
+        let listener = tokio::net::TcpListener::bind(config.http_listen)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http_listen))?;
+        let secret = config.cluster.as_ref().and_then(|c| c.secret.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, http::router(view, secret))
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(HttpServer { stop, task })
+    }
+
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Serves AMQP clients from an open log until `stop` resolves: announces this process's life,
+/// starts the proposer and the broker, then closes the clients, drains the log and closes it
+/// (which releases the data directory). `fence_epoch`: active/standby's takeover epoch.
+pub(crate) async fn serve_log(
+    config: &ServeConfig,
+    log: LogNode,
+    dispatcher: Arc<Dispatcher>,
+    amqp: tokio::net::TcpListener,
+    view: &NodeView,
+    fence_epoch: Option<u64>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     // A new life for this node: the machine forgets the connections of the previous one and,
     // standalone, drops transient queues and messages as a RabbitMQ node restart does (in a
     // cluster they live on the other members).
+    view.set_serving(log.status(), dispatcher.clone(), log.admin(), fence_epoch);
     let standalone = config.cluster.is_none();
     let epoch = new_epoch()?;
     let (proposer, proposals) = proposal_channel(PROPOSAL_QUEUE);
     let proposer_task = log.spawn_proposer(proposals);
-    log.start_life(epoch, standalone)
-        .await
-        .context("cannot record the node start in the log")?;
+    if let Err(e) = log.start_life(epoch, standalone).await {
+        close_log(log).await;
+        return Err(e).context("cannot record the node start in the log");
+    }
 
     let broker_config = BrokerConfig {
         users: Users::new(config.default_user.clone()),
@@ -169,52 +213,80 @@ async fn run_async(config: ServeConfig) -> Result<()> {
         ..BrokerConfig::default()
     };
     let broker = Arc::new(Broker::new(
-        config.node_id,
+        log.node_id(),
         epoch,
         proposer,
         dispatcher.clone(),
         broker_config,
     ));
-
-    let health: Arc<dyn HealthSource> = Arc::new(NodeHealth {
-        node_id: config.node_id,
-        log: log.status(),
-        dispatcher: dispatcher.clone(),
-    });
-    let admin = http::Admin {
-        cluster: log.admin(),
-        secret: config.cluster.as_ref().and_then(|c| c.secret.clone()),
-    };
     let log = Arc::new(log);
     let lives = tokio::spawn(renew_lives(log.clone(), broker.clone()));
-    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let http_task = tokio::spawn(async move {
-        let _ = axum::serve(http_listener, http::router(health, admin))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop_rx.await;
-            })
-            .await;
-    });
 
     info!(amqp = %config.amqp_listen, http = %config.http_listen, data_dir = %config.data_dir.display(), "raftmq serving");
-    serve(amqp, broker.clone(), shutdown_signal()).await;
+    serve(amqp, broker.clone(), stop).await;
 
     info!("draining the log");
     lives.abort();
     let _ = lives.await;
     drop(broker);
     let _ = tokio::time::timeout(Duration::from_secs(10), proposer_task).await;
-    let _ = http_stop_tx.send(());
-    let _ = http_task.await;
     match Arc::try_unwrap(log) {
-        Ok(log) => log.shutdown().await,
-        Err(_) => warn!("the log is still in use at shutdown; leaving it to the process exit"),
+        Ok(log) => close_log(log).await,
+        Err(_) => {
+            // Its lock must not outlive this phase (a standby would never get it): exit.
+            tracing::error!("the log is still in use at shutdown; exiting");
+            std::process::exit(1);
+        }
     }
-    info!("stopped");
     Ok(())
 }
 
-fn new_epoch() -> Result<u64> {
+/// How long closing the log may take before the process gives up on it (hung storage) and
+/// exits, which releases its locks.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Closes the log. If that hangs, or leaves the data directory locked (the database was still
+/// in use), the process exits: only the exit releases the lock, and an active/standby pair
+/// must not be left with a lock that nobody will ever let go of.
+async fn close_log(log: LogNode) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, log.shutdown()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::error!("the log closed but kept the data directory locked; exiting");
+            std::process::exit(1);
+        }
+        Err(_) => {
+            tracing::error!(timeout = ?CLOSE_TIMEOUT, "the log did not close (hung storage?); exiting");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// SIGTERM/SIGINT, seen by every phase of the process.
+#[derive(Clone)]
+pub(crate) struct Stop(watch::Receiver<bool>);
+
+impl Stop {
+    fn on_signals() -> Stop {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        Stop(rx)
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once a stop signal arrived.
+    pub(crate) async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+pub(crate) fn new_epoch() -> Result<u64> {
     Ok(std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos() as u64)

@@ -10,6 +10,7 @@
 //! - [`network`]: openraft's view of the transport.
 //! - [`cluster`]: member lists, zones, membership changes, status, node-loss detection.
 //! - [`lock`]: the data directory's exclusive lock file.
+//! - [`shared`]: active/standby on a shared directory: takeover, fencing epoch, checks.
 //! - `proposer`: the group-commit batcher: batches, forwards to the leader, retries, dedups.
 //! - [`node`]: [`LogNode`], which ties it together: open, propose, status, shutdown.
 //! - `store_suite` (tests only): openraft's storage test suite against these stores.
@@ -21,6 +22,7 @@ pub mod lock;
 pub mod network;
 pub mod node;
 mod proposer;
+pub mod shared;
 pub mod state_machine;
 pub mod store;
 pub mod transport;
@@ -29,6 +31,7 @@ pub mod types;
 pub use cluster::{ClusterAdmin, ClusterStatus, MemberStatus};
 pub use lock::{DataDirLock, LockError};
 pub use node::{LogConfig, LogNode, LogOpenError, LogStatus, ProposeError, Role};
+pub use shared::{ActiveLease, LeaseInfo, SharedDir, SharedError};
 pub use transport::Direction;
 pub use types::{NodeInfo, TypeConfig};
 

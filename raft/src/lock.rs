@@ -1,8 +1,9 @@
 //! The data directory's exclusive lock: `<data_dir>/raftmq.lock`, held with an OS file lock
 //! (flock) for the whole life of a node and released when the node shuts down or the process
 //! dies. Two processes on one data directory would corrupt it, so the second one fails at once
-//! with an error that names the directory and the holder's pid. This does not fence a frozen
-//! holder on shared storage; that is a later issue's fencing epoch.
+//! with an error that names the directory and the holder's pid. On a shared directory
+//! (active/standby), `shared.rs` adds what a lock alone cannot: a fencing epoch and checks that
+//! the lock still guards the directory.
 
 use fs2::FileExt;
 use std::fs::{File, OpenOptions};
@@ -21,6 +22,16 @@ pub enum LockError {
         dir: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The pid in a lock file: the whole text (`1234`) or its `pid=1234` field.
+fn holder_pid(text: &str) -> Option<u32> {
+    let text = text.trim();
+    text.parse().ok().or_else(|| {
+        text.split_whitespace()
+            .find_map(|field| field.strip_prefix("pid="))
+            .and_then(|pid| pid.parse().ok())
+    })
 }
 
 fn holder_text(pid: &Option<u32>) -> String {
@@ -62,7 +73,7 @@ impl DataDirLock {
                 let pid = file
                     .read_to_string(&mut text)
                     .ok()
-                    .and_then(|_| text.trim().parse().ok());
+                    .and_then(|_| holder_pid(&text));
                 return Err(LockError::InUse {
                     dir: dir.to_path_buf(),
                     pid,
@@ -79,6 +90,28 @@ impl DataDirLock {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The same lock, named in messages by another path to the same file.
+    pub fn described_as(mut self, path: PathBuf) -> DataDirLock {
+        self.path = path;
+        self
+    }
+
+    /// The (device, inode) of the locked file. If the path names another file later (the lock
+    /// file was deleted or the directory moved), this lock no longer keeps anyone out.
+    pub fn identity(&self) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = self.file.metadata()?;
+        Ok((meta.dev(), meta.ino()))
+    }
+
+    /// Replaces the holder description in the lock file (shown to whoever finds it taken).
+    pub fn set_holder(&mut self, text: &str) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        writeln!(self.file, "{text}")?;
+        self.file.sync_all()
     }
 
     /// Releases the lock explicitly (dropping does the same).

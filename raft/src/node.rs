@@ -307,7 +307,20 @@ impl LogNode {
         sink: Arc<dyn EffectSink>,
     ) -> Result<LogNode, LogOpenError> {
         let span = tracing::info_span!("raft", node = config.node_id);
-        Self::open_inner(config, sink, span.clone())
+        Self::open_inner(config, sink, None, span.clone())
+            .instrument(span)
+            .await
+    }
+
+    /// As [`LogNode::open`], in a directory whose lock the caller already holds (the active
+    /// of an active/standby pair took it when it took over).
+    pub async fn open_locked(
+        config: LogConfig,
+        sink: Arc<dyn EffectSink>,
+        lock: DataDirLock,
+    ) -> Result<LogNode, LogOpenError> {
+        let span = tracing::info_span!("raft", node = config.node_id);
+        Self::open_inner(config, sink, Some(lock), span.clone())
             .instrument(span)
             .await
     }
@@ -315,6 +328,7 @@ impl LogNode {
     async fn open_inner(
         config: LogConfig,
         sink: Arc<dyn EffectSink>,
+        lock: Option<DataDirLock>,
         span: tracing::Span,
     ) -> Result<LogNode, LogOpenError> {
         let dir = config.data_dir.clone();
@@ -323,7 +337,10 @@ impl LogNode {
             source,
         })?;
         // The lock comes first: nothing in the directory is touched before we own it.
-        let lock = DataDirLock::acquire(&dir)?;
+        let lock = match lock {
+            Some(lock) => lock,
+            None => DataDirLock::acquire(&dir)?,
+        };
         let raft_config = Arc::new(config.raft_config()?);
         let raft_listener = match config.raft_listen {
             Some(addr) => Some(
@@ -623,13 +640,14 @@ impl LogNode {
     }
 
     /// Stops the proposers after they wrote what was queued, stops the transport and raft,
-    /// closes RocksDB, and releases the data directory's lock, in that order.
-    pub async fn shutdown(self) {
+    /// closes RocksDB, and releases the data directory's lock, in that order. False when the
+    /// database was still in use and the lock is therefore kept until the process exits.
+    pub async fn shutdown(self) -> bool {
         let span = self.span.clone();
         self.shutdown_inner().instrument(span).await
     }
 
-    async fn shutdown_inner(self) {
+    async fn shutdown_inner(self) -> bool {
         let LogNode {
             config,
             raft,
@@ -692,10 +710,11 @@ impl LogNode {
                 );
                 std::mem::forget(db);
                 std::mem::forget(lock);
-                return;
+                return false;
             }
         }
         lock.release();
         tracing::info!("log closed");
+        true
     }
 }

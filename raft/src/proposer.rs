@@ -322,7 +322,7 @@ impl Batcher {
                 && bytes < limits.max_bytes_per_entry
             {
                 match proposals.try_recv() {
-                    Ok(command) => {
+                    Some(command) => {
                         let size = command.approx_size();
                         if bytes + size > limits.max_bytes_per_entry {
                             held = Some(command);
@@ -331,8 +331,7 @@ impl Batcher {
                         bytes += size;
                         commands.push(command);
                     }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    None => break,
                 }
             }
             self.propose(&mut run, commands).await;

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 /// What one publisher did.
 #[derive(Default, Debug)]
@@ -266,5 +267,74 @@ pub fn check(ledger: &Ledger, drained: &Drained) -> Verdict {
         lost,
         duplicated,
         unexpected,
+    }
+}
+
+/// Publishes `body` to `queue` through the default exchange and waits for its confirm.
+pub async fn publish_confirmed(
+    ch: &lapin::Channel,
+    queue: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> lapin::Confirmation {
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        body,
+        props,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap()
+}
+
+/// Stops the publishers, drains `queue` on `drain_uri` and fails on any confirmed message lost,
+/// any message never published, or any message delivered twice.
+pub async fn stop_and_check(
+    load: &Load,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    drain_uri: &str,
+    queue: &str,
+) -> Verdict {
+    load.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("publisher stops")
+            .unwrap();
+    }
+    let ledger = load.merged();
+    let drained = drain(drain_uri, queue, Duration::from_secs(3)).await;
+    let verdict = check(&ledger, &drained);
+    assert!(
+        verdict.lost.is_empty(),
+        "lost confirmed messages: {:?} (of {})",
+        &verdict.lost[..verdict.lost.len().min(20)],
+        verdict.confirmed
+    );
+    assert!(
+        verdict.unexpected.is_empty(),
+        "messages never published: {:?}",
+        verdict.unexpected
+    );
+    assert_eq!(verdict.duplicated, 0, "messages applied twice");
+    verdict
+}
+
+/// Waits until `load` has `more` confirms beyond its current count.
+pub async fn wait_confirms(load: &Load, more: u64, timeout: Duration, logs: impl Fn() -> String) {
+    let target = load.confirmed() + more;
+    let deadline = Instant::now() + timeout;
+    while load.confirmed() < target {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {target} confirms within {timeout:?}; failures: {:?}\n{}",
+            load.confirmed(),
+            load.merged().failures.iter().take(10).collect::<Vec<_>>(),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -3,10 +3,10 @@
 //! directory, and partitions through the nodes' fault-injection endpoint. Every process is
 //! killed when the cluster is dropped.
 
-use super::{free_port, BIN, START_TIMEOUT};
+use super::{free_port, http_request, serve_command, tails, START_TIMEOUT};
 use lapin::{Connection, ConnectionProperties};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 pub const SECRET: &str = "test-cluster-secret";
@@ -84,17 +84,9 @@ impl Cluster {
         let peers = self.peer_args();
         let node = &mut self.nodes[i];
         assert!(node.child.is_none(), "node {} is running", node.id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log_path)
-            .expect("log file");
-        let child = Command::new(BIN)
-            .arg("serve")
+        let child = serve_command(&node.log_path, node.amqp_port, node.http_port)
             .args(["--node-id", &node.id.to_string()])
             .args(["--az", &node.zone])
-            .args(["--amqp-listen", &format!("127.0.0.1:{}", node.amqp_port)])
-            .args(["--http-listen", &format!("127.0.0.1:{}", node.http_port)])
             .args(["--raft-listen", &format!("127.0.0.1:{}", node.raft_port)])
             .arg("--data-dir")
             .arg(&node.data_dir)
@@ -102,10 +94,6 @@ impl Cluster {
             .args(["--node-down-after-ms", "3000"])
             .args(&peers)
             .args(&self.extra)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
             .spawn()
             .expect("spawn raftmq");
         node.child = Some(child);
@@ -116,16 +104,8 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        (0..self.nodes.len())
-            .map(|i| {
-                format!(
-                    "---- node {} ----\n{}",
-                    self.nodes[i].id,
-                    tail(&self.log(i), 60)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        let logs = self.nodes.iter().map(|n| (n.id, n.log_path.as_path()));
+        tails(logs, 60)
     }
 
     /// Waits until node `i` accepts AMQP connections.
@@ -209,21 +189,7 @@ impl Cluster {
         path: &str,
         body: Option<&str>,
     ) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let addr = ("127.0.0.1", self.nodes[i].http_port);
-        let mut s = std::net::TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: x\r\nx-raftmq-secret: {SECRET}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_string()))
+        http_request(self.nodes[i].http_port, method, path, body, Some(SECRET))
     }
 
     /// Node `i`'s /health as JSON.
@@ -266,7 +232,12 @@ impl Cluster {
 
     /// Cuts node `i` off from `peers` (both ways on node `i`).
     pub fn partition(&self, i: usize, peers: &[u64]) {
-        let body = format!("{{\"peers\":{peers:?},\"direction\":\"both\"}}");
+        self.cut(i, peers, "both");
+    }
+
+    /// Cuts node `i` off from `peers` in one `direction` (both, outgoing, incoming).
+    pub fn cut(&self, i: usize, peers: &[u64], direction: &str) {
+        let body = format!("{{\"peers\":{peers:?},\"direction\":\"{direction}\"}}");
         let (status, answer) = self
             .http(i, "POST", "/admin/faults", Some(&body))
             .expect("faults endpoint");
@@ -298,6 +269,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A failed assertion that did not print the nodes' logs: print them now.
+            eprintln!("nodes' logs at the failure:\n{}", self.logs());
+        }
         for i in 0..self.nodes.len() {
             if let Some(child) = &self.nodes[i].child {
                 // A frozen process must be thawed to die promptly on some kernels.
@@ -306,9 +281,4 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

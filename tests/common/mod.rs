@@ -7,6 +7,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod pair;
 pub mod raw;
 
 use lapin::options::*;
@@ -194,26 +195,111 @@ fn spawn_process(
     http_port: u16,
     extra: &[String],
 ) -> Child {
+    serve_command(log_path, amqp_port, http_port)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .spawn()
+        .expect("spawn raftmq")
+}
+
+/// `raftmq serve` on loopback ports, its output appended to `log_path`; callers add the rest.
+pub fn serve_command(log_path: &Path, amqp_port: u16, http_port: u16) -> Command {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
         .expect("log file");
-    Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .arg("serve")
-        .arg("--amqp-listen")
-        .arg(format!("127.0.0.1:{amqp_port}"))
-        .arg("--http-listen")
-        .arg(format!("127.0.0.1:{http_port}"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra)
+        .args(["--amqp-listen", &format!("127.0.0.1:{amqp_port}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http_port}")])
         .env("RUST_LOG", "info,openraft=warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("spawn raftmq")
+        .stderr(log);
+    command
+}
+
+/// Runs the built `raftmq` with `args` to completion and fails the test (with its stderr) if
+/// it did not succeed.
+pub fn run_ok(args: &[&str]) -> std::process::Output {
+    let out = Command::new(BIN).args(args).output().expect("run raftmq");
+    assert!(
+        out.status.success(),
+        "raftmq {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `run_ok`, with the standard output parsed as JSON.
+pub fn run_json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_slice(&run_ok(args).stdout).expect("JSON on standard output")
+}
+
+/// A plain HTTP/1.0 request to a node's HTTP port; (status, body). None if it does not answer.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    secret: Option<&str>,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let body = body.unwrap_or("");
+    let secret = secret
+        .map(|s| format!("x-raftmq-secret: {s}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: x\r\n{secret}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// The tails of several nodes' logs, each under a heading with the node's id.
+pub fn tails<'a>(logs: impl Iterator<Item = (u64, &'a Path)>, lines: usize) -> String {
+    logs.map(|(id, path)| {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        format!("---- node {id} ----\n{}", tail(&text, lines))
+    })
+    .collect::<Vec<_>>()
+    .join("\n")
+}
+
+/// Declares a durable classic queue on the broker at `uri`.
+pub async fn declare_durable(uri: &str, queue: &str) {
+    let conn = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("connect {uri}: {e}"));
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.declare");
+    conn.close(200, "ok".into()).await.unwrap();
+}
+
+/// The last `lines` lines of a log.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Polls `condition` until it holds or `timeout` passes.

@@ -208,6 +208,9 @@ pub(crate) struct Conn {
     pub channels: HashMap<u16, Slot>,
     /// How many times each channel number was opened: the next opening's generation.
     pub generations: HashMap<u16, u32>,
+    /// Set by the first publish: from then on this connection's commands take the log's
+    /// ordinary lane (before, they take the consumer lane).
+    pub has_published: bool,
     pub out: BytesMut,
     /// Set once we sent connection.close: the moment we give up waiting for close-ok.
     pub closing_deadline: Option<Instant>,
@@ -249,6 +252,7 @@ pub async fn run(
         cancel_notify: negotiated.cancel_notify,
         channels: HashMap::new(),
         generations: HashMap::new(),
+        has_published: false,
         out: BytesMut::with_capacity(64 * 1024),
         closing_deadline: None,
         rng: seed | 1,
@@ -293,12 +297,19 @@ impl Conn {
         name
     }
 
-    pub(crate) async fn submit(&self, command: Command) -> Result<(), Stop> {
-        self.broker
-            .proposer
-            .submit(command)
-            .await
-            .map_err(|_| Stop::LogClosed)
+    /// Queues a command for the log: in the consumer lane until this connection's first
+    /// publish, in the ordinary lane from then on (see `Proposer`).
+    pub(crate) async fn submit(&mut self, command: Command) -> Result<(), Stop> {
+        if matches!(command, Command::Publish { .. }) {
+            self.has_published = true;
+        }
+        let proposer = &self.broker.proposer;
+        let queued = if self.has_published {
+            proposer.submit(command).await
+        } else {
+            proposer.submit_consumer(command).await
+        };
+        queued.map_err(|_| Stop::LogClosed)
     }
 
     fn begin_close(&mut self, err: &HardError) {

@@ -135,7 +135,11 @@ pub fn spawn_writer<W: AsyncWrite + Unpin + Send + 'static>(writer: W) -> (Outbo
     let task = tokio::spawn(async move {
         let mut writer = BufWriter::new(writer);
         while let Some((send_at, frame)) = frames.recv().await {
-            tokio::time::sleep_until(send_at).await;
+            // Only a simulated zone delay waits: tokio's timer rounds a deadline up to its next
+            // millisecond tick, so even a deadline already passed would cost up to 1 ms a frame.
+            if send_at > Instant::now() {
+                tokio::time::sleep_until(send_at).await;
+            }
             if writer.write_all(&frame).await.is_err() {
                 break;
             }
