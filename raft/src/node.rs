@@ -407,6 +407,15 @@ impl LogNode {
                 )
                 .instrument(span.clone()),
             ));
+            tasks.push(tokio::spawn(
+                crate::leader_gone::watch(
+                    raft.clone(),
+                    transport.clone(),
+                    transport.disconnects(),
+                    stop.subscribe(),
+                )
+                .instrument(span.clone()),
+            ));
         }
         let node = LogNode {
             config,

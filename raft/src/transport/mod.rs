@@ -61,6 +61,8 @@ pub struct Transport {
     config: TransportConfig,
     faults: RwLock<Faults>,
     contact: Mutex<HashMap<NodeId, Instant>>,
+    /// A peer's connection to this node ended (it broke or was closed, not cut by a fault).
+    disconnects: tokio::sync::broadcast::Sender<NodeId>,
 }
 
 impl Transport {
@@ -69,6 +71,7 @@ impl Transport {
             config,
             faults: RwLock::new(Faults::default()),
             contact: Mutex::new(HashMap::new()),
+            disconnects: tokio::sync::broadcast::channel(16).0,
         }
     }
 
@@ -130,6 +133,15 @@ impl Transport {
             .lock()
             .expect("contact lock")
             .insert(peer, Instant::now());
+    }
+
+    pub(crate) fn note_disconnect(&self, peer: NodeId) {
+        let _ = self.disconnects.send(peer);
+    }
+
+    /// Tells of every peer connection to this node that ends.
+    pub(crate) fn disconnects(&self) -> tokio::sync::broadcast::Receiver<NodeId> {
+        self.disconnects.subscribe()
     }
 
     /// When `peer` last answered one of this node's requests.

@@ -53,10 +53,19 @@ pub async fn run(
     }
 }
 
-async fn handshake(stream: &mut TcpStream, transport: &Transport) -> Result<Hello, String> {
+/// Authenticates a peer. `Ok(None)`: the connection closed before a byte was sent (another
+/// node checking that this one is alive).
+async fn handshake(stream: &mut TcpStream, transport: &Transport) -> Result<Option<Hello>, String> {
     let mut magic = [0u8; MAGIC.len()];
+    let first = stream
+        .read(&mut magic[..1])
+        .await
+        .map_err(|e| format!("reading the greeting: {e}"))?;
+    if first == 0 {
+        return Ok(None);
+    }
     stream
-        .read_exact(&mut magic)
+        .read_exact(&mut magic[1..])
         .await
         .map_err(|e| format!("reading the greeting: {e}"))?;
     if magic != MAGIC {
@@ -91,7 +100,7 @@ async fn handshake(stream: &mut TcpStream, transport: &Transport) -> Result<Hell
             wire::write_frame(stream, &Verdict::Welcome)
                 .await
                 .map_err(io)?;
-            Ok(hello)
+            Ok(Some(hello))
         }
     }
 }
@@ -105,7 +114,8 @@ async fn serve_peer(
 ) {
     let hello =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &transport)).await {
-            Ok(Ok(hello)) => hello,
+            Ok(Ok(Some(hello))) => hello,
+            Ok(Ok(None)) => return,
             Ok(Err(reason)) => {
                 tracing::warn!(%reason, "refused a raft transport connection");
                 return;
@@ -132,6 +142,7 @@ async fn serve_peer(
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(peer, error = %e, "peer connection ended");
+                transport.note_disconnect(peer);
                 break;
             }
         };
