@@ -13,6 +13,9 @@ use lapin::BasicProperties;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// What a follower logs when it campaigns because the leader's process died.
+const LEADER_GONE: &str = "the leader's process is gone";
+
 async fn declare_durable(cluster: &Cluster, node: usize, queue: &str) {
     crate::common::declare_durable(&cluster.uri(node), queue).await
 }
@@ -222,6 +225,15 @@ async fn leader_killed_under_load_loses_nothing_confirmed() {
         .await;
     wait_confirms(&load, 300, Duration::from_secs(60), &cluster).await;
     let stall = killed_at.elapsed();
+    // The survivors saw the process go (its connections ended, its port refused) and
+    // campaigned at once rather than waiting for the leader's lease to run out.
+    assert!(
+        survivors
+            .iter()
+            .any(|&i| cluster.log(i).contains(LEADER_GONE)),
+        "no survivor noticed that the leader's process was gone:\n{}",
+        cluster.logs()
+    );
     let verdict = stop_and_check(&load, tasks, &cluster.uri(new_leader), "kill-leader").await;
     // Publishers on the surviving nodes never lost their channel (no nack-everything-later).
     let ledger = load.merged();
@@ -366,6 +378,10 @@ async fn a_partitioned_leader_steps_down_and_its_side_confirms_nothing() {
         verdict.unexpected
     );
     assert_eq!(verdict.duplicated, 0, "applied twice");
+    // A cut-off leader is alive: nobody takes it for a dead process.
+    for i in 0..3 {
+        assert!(!cluster.log(i).contains(LEADER_GONE), "{}", cluster.log(i));
+    }
 }
 
 /// A one-way cut: the leader still hears the others but can send them nothing (no heartbeats,
@@ -452,6 +468,13 @@ async fn unacked_messages_of_a_dead_nodes_consumer_go_to_other_consumers() {
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
     assert_eq!(got.len(), 10);
+    // The leader declared the node lost because its process was found gone, without waiting
+    // for it to be silent long enough.
+    assert!(
+        cluster.log(leader).contains("process_gone=true"),
+        "{}",
+        cluster.log(leader)
+    );
 }
 
 /// A whole zone (one node of three) is lost under load, then every node is restarted one at a

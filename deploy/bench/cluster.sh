@@ -8,7 +8,7 @@ BIN="${1:-target/release/raftmq}"
 SECS="${2:-15}"
 WORK="$(mktemp -d)"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; if [ -n "${KEEP_LOGS:-}" ]; then mkdir -p "$KEEP_LOGS"; cp "$WORK"/n*.log "$KEEP_LOGS"/; fi; rm -rf "$WORK"; }
 trap cleanup EXIT
 
 PEERS=(--peer 1=127.0.0.1:27001@az-a --peer 2=127.0.0.1:27002@az-b --peer 3=127.0.0.1:27003@az-c)
@@ -37,4 +37,8 @@ leader() {
 L="$(leader)"
 echo "== leader (node $L) SIGKILLed after 5s of a ${SECS}s run"
 ( sleep 5; kill -9 "${PIDS[$L]}" ) &
+KILLER=$!
 "$BIN" bench --uri "$URIS" "${COMMON[@]}" --duration "$SECS" --queue-prefix failover
+wait "$KILLER"
+echo "== after the kill node $(leader) leads; what the survivors logged:"
+grep -h "process is gone\|no leader yet" "$WORK"/n*.log || true

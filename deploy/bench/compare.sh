@@ -15,15 +15,17 @@
 #   g  a 3-node cluster of each, quorum queue, 1 KiB, 100 confirms in flight
 #   h  1 million 1 KiB persistent messages queued: broker memory (RSS), and the time from a
 #      restart to serving them again (AMQP port open, the queue's count back)
+#   k  g with the queue's leader node SIGKILLed 5 s into the run (fresh clusters each round):
+#      the longest pause between two confirms, and nothing lost
 #
-# Usage: deploy/bench/compare.sh [--bin PATH] [--rounds N] [--seconds S] [--scenarios abcdefgh]
+# Usage: deploy/bench/compare.sh [--bin PATH] [--rounds N] [--seconds S] [--scenarios abcdefghk]
 #                                [--h-messages N] [--out FILE.jsonl]
 set -euo pipefail
 
 BIN=target/release/raftmq
 ROUNDS=3
 SECS=10
-SCENARIOS=abcdefgh
+SCENARIOS=abcdefghk
 H_MESSAGES=1000000
 OUT=""
 while [ $# -gt 0 ]; do
@@ -146,7 +148,7 @@ rss_kib() {  # pid: resident memory of the process group led by pid, KiB
 bench() {  # scenario broker uris -- bench flags...
   local scenario=$1 broker=$2 uris=$3; shift 4
   local json
-  json="$("$BIN" bench --uri "$uris" --duration "$SECS" --json --queue-prefix "cmp-$scenario-$RANDOM" "$@")"
+  json="$("$BIN" bench --uri "$uris" --duration "$SECS" --json --queue-prefix "${PREFIX:-cmp-$scenario-$RANDOM}" "$@")"
   python3 - "$scenario" "$broker" "$json" >> "$RESULTS" <<'PY'
 import json, sys
 scenario, broker, report = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -169,6 +171,7 @@ declare -A FLAGS=(
   [e]="--producers 1 --consumers 3 --queues 3 --exchange fanout --size 1024"
   [f]="--producers 4 --consumers 4 --queues 4 --size 1024"
   [g]="--producers 1 --consumers 1 --size 1024 --persistent --confirm 100 --queue-type quorum"
+  [k]="--producers 1 --consumers 1 --size 1024 --persistent --confirm 100 --queue-type quorum"
 )
 
 RMQ_URI="amqp://guest:guest@127.0.0.1:25710/%2f"
@@ -194,9 +197,8 @@ if [ -n "$single" ]; then
   stop_one rabbit; stop_one raftmq
 fi
 
-case "$SCENARIOS" in *g*)
-  echo "== 3-node clusters on loopback: quorum queue, 1 KiB, 100 confirms; $ROUNDS rounds" >&2
-  for i in 1 2 3; do start_rabbit "rabbit$i" "2573$i"; done
+start_clusters() {  # fresh 3-node clusters of both brokers
+  for i in 1 2 3; do rm -rf "$WORK/rabbit$i" "$WORK/raftmq-n$i"; start_rabbit "rabbit$i" "2573$i"; done
   for i in 2 3; do
     rabbitmqctl "rabbit$i" "2573$i" stop_app >/dev/null
     rabbitmqctl "rabbit$i" "2573$i" join_cluster rabbit1@localhost >/dev/null
@@ -210,8 +212,16 @@ case "$SCENARIOS" in *g*)
       --data-dir "$WORK/raftmq-n$i" --cluster-secret compare "${PEERS[@]}"
   done
   for i in 1 2 3; do wait_port "2574$i" "raftmq$i"; done
-  RMQ_URIS="amqp://guest:guest@127.0.0.1:25731/%2f,amqp://guest:guest@127.0.0.1:25732/%2f,amqp://guest:guest@127.0.0.1:25733/%2f"
-  RAFT_URIS="amqp://guest:guest@127.0.0.1:25741/%2f,amqp://guest:guest@127.0.0.1:25742/%2f,amqp://guest:guest@127.0.0.1:25743/%2f"
+}
+stop_clusters() {
+  for i in 1 2 3; do stop_one "rabbit$i"; stop_one "raftmq$i"; done
+}
+RMQ_URIS="amqp://guest:guest@127.0.0.1:25731/%2f,amqp://guest:guest@127.0.0.1:25732/%2f,amqp://guest:guest@127.0.0.1:25733/%2f"
+RAFT_URIS="amqp://guest:guest@127.0.0.1:25741/%2f,amqp://guest:guest@127.0.0.1:25742/%2f,amqp://guest:guest@127.0.0.1:25743/%2f"
+
+case "$SCENARIOS" in *g*)
+  echo "== 3-node clusters on loopback: quorum queue, 1 KiB, 100 confirms; $ROUNDS rounds" >&2
+  start_clusters
   for round in $(seq 1 "$ROUNDS"); do
     # shellcheck disable=SC2086
     bench g rabbitmq "$RMQ_URIS" -- ${FLAGS[g]}
@@ -225,7 +235,52 @@ case "$SCENARIOS" in *g*)
   done
   echo "{\"scenario\":\"g-rss\",\"broker\":\"rabbitmq\",\"rss_kib\":$rabbit_rss}" >> "$RESULTS"
   echo "{\"scenario\":\"g-rss\",\"broker\":\"raftmq\",\"rss_kib\":$raft_rss}" >> "$RESULTS"
-  for i in 1 2 3; do stop_one "rabbit$i"; stop_one "raftmq$i"; done
+  stop_clusters
+  ;;
+esac
+
+# The node leading the queue: RabbitMQ's quorum queue leader, RaftMQ's raft leader.
+rabbit_leader() {  # queue -> 1..3
+  rabbitmqctl rabbit1 25731 list_queues -q name leader 2>/dev/null \
+    | awk -v q="$1" '$1==q {sub(/^rabbit/, "", $2); sub(/@.*/, "", $2); print $2}'
+}
+raftmq_leader() {
+  for i in 1 2 3; do
+    if curl -s "127.0.0.1:2674$i/health" | grep -q '"role":"leader"'; then echo "$i"; return; fi
+  done
+}
+kill_leader_later() {  # broker queue: SIGKILL the queue's leader node 5 s from now
+  local broker=$1 queue=$2 n=""
+  sleep 3
+  for _ in $(seq 1 20); do
+    if [ "$broker" = rabbitmq ]; then n=$(rabbit_leader "$queue"); else n=$(raftmq_leader); fi
+    [ -n "$n" ] && break
+    sleep 0.1
+  done
+  sleep 2
+  if [ -n "$n" ]; then
+    echo "  k $broker: SIGKILL node $n" >&2
+    kill -KILL -- "-${PID[${3}$n]}" 2>/dev/null || true
+  else
+    echo "  k $broker: no leader found for $queue" >&2
+  fi
+}
+
+case "$SCENARIOS" in *k*)
+  echo "== leader SIGKILLed under g's load; $ROUNDS rounds, fresh clusters each" >&2
+  for round in $(seq 1 "$ROUNDS"); do
+    start_clusters
+    for broker in rabbitmq raftmq; do
+      if [ "$broker" = rabbitmq ]; then uris=$RMQ_URIS; prefix=rabbit; else uris=$RAFT_URIS; prefix=raftmq; fi
+      q="cmp-k-$RANDOM"
+      kill_leader_later "$broker" "$q-0" "$prefix" &
+      killer=$!
+      # shellcheck disable=SC2086
+      PREFIX="$q" bench k "$broker" "$uris" -- ${FLAGS[k]}
+      wait "$killer"
+    done
+    stop_clusters
+  done
   ;;
 esac
 
@@ -289,6 +344,8 @@ for s, label in names.items():
     line(f"{s} end-to-end latency p99, ms (lower is better)", med(s, "rabbitmq", lambda r: r["latency_ms"]["p99"]), med(s, "raftmq", lambda r: r["latency_ms"]["p99"]), "ms")
     if confirmed:
         line(f"{s} confirm latency p99, ms (lower is better)", med(s, "rabbitmq", lambda r: r["confirm_latency_ms"]["p99"]), med(s, "raftmq", lambda r: r["confirm_latency_ms"]["p99"]), "ms")
+line("k leader SIGKILL: longest pause between confirms, ms (lower is better)", med("k", "rabbitmq", lambda r: r["max_confirm_gap_ms"]), med("k", "raftmq", lambda r: r["max_confirm_gap_ms"]), "ms")
+line("k leader SIGKILL: confirmed msg/s over the run", med("k", "rabbitmq", lambda r: r["confirm_rate"]), med("k", "raftmq", lambda r: r["confirm_rate"]), "msg/s")
 line("g RSS of the 3 nodes, MiB (lower is better)", med("g-rss", "rabbitmq", lambda r: r["rss_kib"] / 1024), med("g-rss", "raftmq", lambda r: r["rss_kib"] / 1024), "MiB")
 line("h RSS with the messages queued, MiB (lower is better)", med("h", "rabbitmq", lambda r: r["rss_kib"] / 1024), med("h", "raftmq", lambda r: r["rss_kib"] / 1024), "MiB")
 line("h restart until serving, s (lower is better)", med("h", "rabbitmq", lambda r: r["restart_s"]), med("h", "raftmq", lambda r: r["restart_s"]), "s")

@@ -316,7 +316,8 @@ fn status_of(m: &RaftMetrics, transport: &Transport) -> ClusterStatus {
 }
 
 /// On the leader: declares lost every node that has a live life in the broker state but has
-/// not answered for `down_after` (or is no longer a member). Its connections are closed in the
+/// not answered for `down_after`, whose process was found gone (`peer_gone`), or that is no
+/// longer a member. Its connections are closed in the
 /// state, so its consumers' unacknowledged messages go to other consumers; if it was only cut
 /// off, it finds out when it catches up and starts a new life.
 pub(crate) async fn watch_members(
@@ -364,7 +365,8 @@ pub(crate) async fn watch_members(
             let heard = transport.last_contact(node).map_or(since, |t| t.max(since));
             let silent = now.duration_since(heard);
             let member = members.contains(&node);
-            if member && silent < down_after {
+            let gone = transport.is_gone(node);
+            if member && silent < down_after && !gone {
                 continue;
             }
             tracing::warn!(
@@ -372,6 +374,7 @@ pub(crate) async fn watch_members(
                 epoch,
                 silent_ms = silent.as_millis() as u64,
                 member,
+                process_gone = gone,
                 "declaring node lost: its connections end and their deliveries are requeued"
             );
             declared.insert((node, epoch));

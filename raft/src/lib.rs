@@ -9,7 +9,7 @@
 //! - [`transport`]: the node-to-node TCP transport (secret handshake, zone delay, faults).
 //! - [`network`]: openraft's view of the transport.
 //! - [`cluster`]: member lists, zones, membership changes, status, node-loss detection.
-//! - `leader_gone`: a prompt election when the leader's process has died.
+//! - `peer_gone`: a dead peer process noticed at once: node loss declared, prompt election.
 //! - [`lock`]: the data directory's exclusive lock file.
 //! - [`shared`]: active/standby on a shared directory: takeover, fencing epoch, checks.
 //! - `proposer`: the group-commit batcher: batches, forwards to the leader, retries, dedups.
@@ -19,10 +19,10 @@
 //! The broker knows none of this: it sees a `Proposer` and an `EffectSink`.
 
 pub mod cluster;
-mod leader_gone;
 pub mod lock;
 pub mod network;
 pub mod node;
+mod peer_gone;
 mod proposer;
 pub mod shared;
 pub mod state_machine;

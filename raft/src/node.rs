@@ -408,7 +408,7 @@ impl LogNode {
                 .instrument(span.clone()),
             ));
             tasks.push(tokio::spawn(
-                crate::leader_gone::watch(
+                crate::peer_gone::watch(
                     raft.clone(),
                     transport.clone(),
                     transport.disconnects(),
@@ -480,7 +480,11 @@ impl LogNode {
             let metrics = self.status.metrics();
             let membership = metrics.membership_config.membership();
             let members: Vec<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
-            if !members.contains(&id) {
+            if members.is_empty() {
+                // Only a vote is stored: a peer that formed the group first already asked for
+                // this node's vote. Its leader will send the log.
+                tracing::info!("the raft group was formed by a peer; waiting for its log");
+            } else if !members.contains(&id) {
                 // Waiting would only time out: nobody in that group will ever talk to us.
                 return Err(LogOpenError::ForeignNode {
                     dir: self.config.data_dir.clone(),

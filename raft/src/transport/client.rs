@@ -195,6 +195,7 @@ impl PeerClient {
         let reader_pending = pending.clone();
         let reader_closed = closed.clone();
         let target = self.target;
+        let transport = self.transport.clone();
         let read_task = tokio::spawn(async move {
             loop {
                 match wire::read_frame::<_, Tagged<Response>>(&mut reader).await {
@@ -206,6 +207,7 @@ impl PeerClient {
                     }
                     Err(e) => {
                         tracing::debug!(peer = target, error = %e, "peer connection closed");
+                        transport.note_disconnect(target);
                         break;
                     }
                 }

@@ -61,8 +61,11 @@ pub struct Transport {
     config: TransportConfig,
     faults: RwLock<Faults>,
     contact: Mutex<HashMap<NodeId, Instant>>,
-    /// A peer's connection to this node ended (it broke or was closed, not cut by a fault).
+    /// A connection with a peer ended (it broke or was closed, not cut by a fault).
     disconnects: tokio::sync::broadcast::Sender<NodeId>,
+    /// When a peer's process was last found gone (its port refused after its connections
+    /// ended).
+    gone: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Transport {
@@ -72,6 +75,7 @@ impl Transport {
             faults: RwLock::new(Faults::default()),
             contact: Mutex::new(HashMap::new()),
             disconnects: tokio::sync::broadcast::channel(16).0,
+            gone: Mutex::new(HashMap::new()),
         }
     }
 
@@ -139,9 +143,22 @@ impl Transport {
         let _ = self.disconnects.send(peer);
     }
 
-    /// Tells of every peer connection to this node that ends.
+    /// Tells of every connection with a peer that ends.
     pub(crate) fn disconnects(&self) -> tokio::sync::broadcast::Receiver<NodeId> {
         self.disconnects.subscribe()
+    }
+
+    pub(crate) fn note_gone(&self, peer: NodeId) {
+        self.gone
+            .lock()
+            .expect("gone lock")
+            .insert(peer, Instant::now());
+    }
+
+    /// True if `peer`'s process was found gone and it has not answered since.
+    pub fn is_gone(&self, peer: NodeId) -> bool {
+        let gone = self.gone.lock().expect("gone lock").get(&peer).copied();
+        gone.is_some_and(|at| self.last_contact(peer).is_none_or(|heard| heard < at))
     }
 
     /// When `peer` last answered one of this node's requests.

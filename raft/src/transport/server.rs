@@ -126,6 +126,8 @@ async fn serve_peer(
             }
         };
     let peer = hello.from;
+    // A peer that connects is alive (it may have been found gone before a restart).
+    transport.note_contact(peer);
     let delay = transport.delay_for(&hello.zone);
     let (mut reader, writer) = stream.into_split();
     let (out, writer_task) = wire::spawn_writer(writer);

@@ -1,18 +1,23 @@
-//! A prompt election when the leader's process is gone.
+//! Telling a dead peer process from a silent one, and acting on it at once.
 //!
 //! openraft alone notices a dead leader by silence: a follower that still holds a committed
-//! vote waits out the leader lease (`election_timeout_max`) and then its election timeout, about
-//! a second with our defaults, before it campaigns. When the leader's *process* dies but its
-//! host lives (SIGKILL, a crash, a clean stop), the kernel says so at once: every connection
-//! from it ends, and its raft port refuses new ones. A follower that sees both campaigns
-//! straight away instead of waiting.
+//! vote waits out the leader lease (`election_timeout_max`) and then its election timeout,
+//! about a second with our defaults, before it campaigns; and the leader declares a silent
+//! node lost only after `node_down_after`. When a peer's *process* dies but its host lives
+//! (SIGKILL, a crash, a clean stop), the kernel says so at once: every connection with it
+//! ends, and its raft port refuses new ones. On both signs this node
 //!
-//! Every surviving voter sees the same two signs at about the same moment, so they all
-//! campaign; that makes each one's vote uncommitted, which lifts the lease that would otherwise
-//! make them refuse each other. If that first round splits, each retries on a period
-//! staggered by its rank until some live node leads (openraft keeps the votes safe; this only
-//! decides when to ask). A leader cut off by a partition is not "gone": its port still
-//! answers, so partitions keep the ordinary timeouts.
+//! - notes the peer gone, so that (as leader, or once it leads) it declares the peer's life
+//!   lost at once and the peer's consumers' unacknowledged messages go back to their queues
+//!   (`cluster::watch_members`);
+//! - campaigns straight away if the peer was its leader. Every surviving voter sees the same
+//!   signs at about the same moment, so they all campaign; that makes each one's vote
+//!   uncommitted, which lifts the lease that would otherwise make them refuse each other. If
+//!   that first round splits, each retries on a period staggered by its rank until some live
+//!   node leads (openraft keeps the votes safe; this only decides when to ask).
+//!
+//! A peer cut off by a partition is not "gone": its port still answers (or nothing answers at
+//! all), so partitions keep the ordinary timeouts.
 
 use crate::transport::Transport;
 use crate::types::{Raft, RaftMetrics};
@@ -20,6 +25,7 @@ use openraft::ServerState;
 use raftmq_broker::ids::NodeId;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
@@ -29,16 +35,16 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// After this, the ordinary election timeouts are left to finish the job.
 const CAMPAIGN_FOR: Duration = Duration::from_secs(3);
 
-/// Watches for the current leader's connections ending (`disconnects`, from the transport's
-/// server) and campaigns when its process is gone.
+/// Watches for connections with peers ending (`disconnects`, from the transport). When a
+/// peer's process is gone, notes it (the leader then declares its life lost at once, so its
+/// consumers' unacknowledged messages go back to their queues) and, if it was this node's
+/// leader, campaigns.
 pub(crate) async fn watch(
     raft: Raft,
     transport: Arc<Transport>,
     mut disconnects: broadcast::Receiver<NodeId>,
     mut stop: watch::Receiver<bool>,
 ) {
-    // The (leader, term) already acted on: a dead leader's several connections all end.
-    let mut handled: Option<(NodeId, u64)> = None;
     loop {
         let peer = tokio::select! {
             _ = stop.changed() => return,
@@ -48,17 +54,28 @@ pub(crate) async fn watch(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
-        let m = raft.metrics().borrow().clone();
-        let Some(addr) = leader_to_replace(&m, peer) else {
-            continue;
-        };
-        if handled == Some((peer, m.current_term)) {
+        // A dead process's several connections all end: one probe is enough.
+        if transport.is_gone(peer) {
             continue;
         }
+        let m = raft.metrics().borrow().clone();
+        let Some(addr) = m
+            .membership_config
+            .membership()
+            .get_node(&peer)
+            .map(|n| n.raft_addr.clone())
+        else {
+            continue;
+        };
         if !process_gone(&addr).await {
             continue;
         }
-        handled = Some((peer, m.current_term));
+        transport.note_gone(peer);
+        let m = raft.metrics().borrow().clone();
+        if !may_replace(&m, peer) {
+            tracing::info!(node = peer, "a peer's process is gone");
+            continue;
+        }
         tracing::warn!(
             leader = peer,
             term = m.current_term,
@@ -71,24 +88,34 @@ pub(crate) async fn watch(
     }
 }
 
-/// The raft address of `peer` if it is the leader this node follows and this node may vote.
-fn leader_to_replace(m: &RaftMetrics, peer: NodeId) -> Option<String> {
-    if m.state != ServerState::Follower || m.current_leader != Some(peer) {
-        return None;
-    }
-    let membership = m.membership_config.membership();
-    if !membership.voter_ids().any(|id| id == m.id) {
-        return None;
-    }
-    membership.get_node(&peer).map(|n| n.raft_addr.clone())
+/// Is `peer` the leader this node follows, and may this node vote?
+fn may_replace(m: &RaftMetrics, peer: NodeId) -> bool {
+    m.state == ServerState::Follower
+        && m.current_leader == Some(peer)
+        && m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == m.id)
 }
 
 /// True when a connection to `addr` is refused: nothing listens there, the process is gone.
 /// Anything else (it answers, it is silent, no route) is not taken as proof.
+///
+/// A dying process closes its connections before its listener, so a probe can land in
+/// between: the kernel completes the connection for the listener, and resets it a moment
+/// later when the listener closes. A live node keeps a silent connection open (it waits for
+/// the greeting), so a probe that connects also waits briefly for that reset.
 async fn process_gone(addr: &str) -> bool {
     match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
-        _ => false,
+        Ok(Ok(mut stream)) => {
+            let mut byte = [0u8; 1];
+            matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, stream.read(&mut byte)).await,
+                Ok(Ok(0) | Err(_))
+            )
+        }
+        Err(_) => false,
     }
 }
 
