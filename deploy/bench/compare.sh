@@ -271,7 +271,15 @@ case "$SCENARIOS" in *k*)
   for round in $(seq 1 "$ROUNDS"); do
     start_clusters
     for broker in rabbitmq raftmq; do
-      if [ "$broker" = rabbitmq ]; then uris=$RMQ_URIS; prefix=rabbit; else uris=$RAFT_URIS; prefix=raftmq; fi
+      # The client starts on the node that will be killed, for both: RabbitMQ puts a quorum
+      # queue's leader on the declaring client's node (the first URI); for RaftMQ the raft
+      # leader's URI goes first.
+      if [ "$broker" = rabbitmq ]; then
+        uris=$RMQ_URIS; prefix=rabbit
+      else
+        prefix=raftmq; l=$(raftmq_leader); uris="amqp://guest:guest@127.0.0.1:2574$l/%2f"
+        for i in 1 2 3; do [ "$i" = "$l" ] || uris="$uris,amqp://guest:guest@127.0.0.1:2574$i/%2f"; done
+      fi
       q="cmp-k-$RANDOM"
       kill_leader_later "$broker" "$q-0" "$prefix" &
       killer=$!
@@ -346,6 +354,10 @@ for s, label in names.items():
         line(f"{s} confirm latency p99, ms (lower is better)", med(s, "rabbitmq", lambda r: r["confirm_latency_ms"]["p99"]), med(s, "raftmq", lambda r: r["confirm_latency_ms"]["p99"]), "ms")
 line("k leader SIGKILL: longest pause between confirms, ms (lower is better)", med("k", "rabbitmq", lambda r: r["max_confirm_gap_ms"]), med("k", "raftmq", lambda r: r["max_confirm_gap_ms"]), "ms")
 line("k leader SIGKILL: confirmed msg/s over the run", med("k", "rabbitmq", lambda r: r["confirm_rate"]), med("k", "raftmq", lambda r: r["confirm_rate"]), "msg/s")
+for broker in ("rabbitmq", "raftmq"):
+    ks = [r for r in rows if r["scenario"] == "k" and r["broker"] == broker]
+    if ks:
+        print(f"k {broker}: nacked {[r['nacked'] for r in ks]}, reconnects {[r['reconnects'] for r in ks]}")
 line("g RSS of the 3 nodes, MiB (lower is better)", med("g-rss", "rabbitmq", lambda r: r["rss_kib"] / 1024), med("g-rss", "raftmq", lambda r: r["rss_kib"] / 1024), "MiB")
 line("h RSS with the messages queued, MiB (lower is better)", med("h", "rabbitmq", lambda r: r["rss_kib"] / 1024), med("h", "raftmq", lambda r: r["rss_kib"] / 1024), "MiB")
 line("h restart until serving, s (lower is better)", med("h", "rabbitmq", lambda r: r["restart_s"]), med("h", "raftmq", lambda r: r["restart_s"]), "s")
