@@ -69,9 +69,13 @@ impl StateMachineStore {
         sink: Arc<dyn EffectSink>,
     ) -> Result<StateMachineStore, StoreError> {
         let mut applied = Applied::default();
-        if let Some((meta, data)) = read_snapshot(&db)? {
-            applied.state =
-                State::decode_snapshot(&data).map_err(|e| StoreError::corrupt("snapshot", e))?;
+        let loaded = with_snapshot(&db, |meta, data| {
+            let state =
+                State::decode_snapshot(data).map_err(|e| StoreError::corrupt("snapshot", e))?;
+            Ok((meta, state))
+        })?;
+        if let Some((meta, state)) = loaded {
+            applied.state = state;
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership;
             tracing::info!(snapshot = %meta.snapshot_id, last_index = applied.state.last_index, "loaded snapshot");
@@ -100,16 +104,26 @@ impl StateMachineStore {
     }
 }
 
-fn read_snapshot(db: &DB) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StoreError> {
-    let sm = cf(db, CF_SM);
-    let Some(meta) = db.get_cf(sm, KEY_SNAPSHOT_META)? else {
+fn read_snapshot_meta(db: &DB) -> Result<Option<SnapshotMeta>, StoreError> {
+    match db.get_pinned_cf(cf(db, CF_SM), KEY_SNAPSHOT_META)? {
+        Some(meta) => Ok(Some(decode_meta("snapshot meta", &meta)?)),
+        None => Ok(None),
+    }
+}
+
+/// The stored snapshot, its data handed to `read` where RocksDB holds it (a snapshot can be
+/// gigabytes: no copy is made).
+fn with_snapshot<T>(
+    db: &DB,
+    read: impl FnOnce(SnapshotMeta, &[u8]) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let Some(meta) = read_snapshot_meta(db)? else {
         return Ok(None);
     };
-    let meta: SnapshotMeta = decode_meta("snapshot meta", &meta)?;
     let data = db
-        .get_cf(sm, KEY_SNAPSHOT_DATA)?
+        .get_pinned_cf(cf(db, CF_SM), KEY_SNAPSHOT_DATA)?
         .ok_or_else(|| StoreError::corrupt("snapshot", "meta without data"))?;
-    Ok(Some((meta, data)))
+    read(meta, &data).map(Some)
 }
 
 /// Persists a snapshot unless a newer one is already stored. Durability: synced, because
@@ -127,7 +141,7 @@ async fn persist_snapshot(
     let meta = meta.clone();
     let signature = meta.signature();
     let write = move || -> Result<(), StoreError> {
-        if let Some((current, _)) = read_snapshot(&db)? {
+        if let Some(current) = read_snapshot_meta(&db)? {
             if current.last_log_id > meta.last_log_id {
                 tracing::debug!(current = %current, ours = %meta, "a newer snapshot is stored; keeping it");
                 return Ok(());
@@ -288,10 +302,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let db = self.db.clone();
-        let stored = tokio::task::spawn_blocking(move || read_snapshot(&db))
-            .await
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
-            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        let stored = tokio::task::spawn_blocking(move || {
+            with_snapshot(&db, |meta, data| Ok((meta, data.to_vec())))
+        })
+        .await
+        .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
+        .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
         Ok(stored.map(|(meta, data)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

@@ -223,9 +223,8 @@ impl State {
 
     /// Encodes the state for a snapshot (version byte first).
     pub fn encode_snapshot(&self) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_FORMAT_VERSION];
-        out.extend(postcard::to_allocvec(self).expect("state serializes"));
-        out
+        // Straight into one buffer: a snapshot can be gigabytes.
+        postcard::to_extend(self, vec![SNAPSHOT_FORMAT_VERSION]).expect("state serializes")
     }
 
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, command::EntryDecodeError> {
