@@ -6,6 +6,7 @@
 //! - [`store`]: the RocksDB database (column families `logs`, `meta`, `sm`) and the log store.
 //! - [`state_machine`]: the state-machine store: broker `State` in memory, effects to the
 //!   broker's `EffectSink`, snapshots.
+//! - `snapshot_files`: snapshot data in files beside the database.
 //! - [`transport`]: the node-to-node TCP transport (secret handshake, zone delay, faults).
 //! - [`network`]: openraft's view of the transport.
 //! - [`cluster`]: member lists, zones, membership changes, status, node-loss detection.
@@ -25,6 +26,7 @@ pub mod node;
 mod peer_gone;
 mod proposer;
 pub mod shared;
+mod snapshot_files;
 pub mod state_machine;
 pub mod store;
 pub mod transport;

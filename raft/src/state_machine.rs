@@ -4,10 +4,11 @@
 //! `apply` decodes nothing itself (the log store already did): a normal entry goes to
 //! `State::apply(index, batch)` and its effects go, per entry and in log order, to the
 //! broker's `EffectSink`; blank and membership entries only move the applied log id and the
-//! membership. A snapshot is `State::encode_snapshot()` plus openraft's meta. On open the latest
-//! snapshot is loaded, and openraft replays the committed log after it, so a restart rebuilds
+//! membership. A snapshot is `State::encode_snapshot()` in a file (`snapshot_files`) plus
+//! openraft's meta in the `sm` column family. On open the latest snapshot is loaded, and openraft replays the committed log after it, so a restart rebuilds
 //! exactly the state the node had. This file does no networking and knows no membership rules.
 
+use crate::snapshot_files::SnapshotFiles;
 use crate::store::{cf, decode_meta, encode_meta, synced, StoreError, CF_SM};
 use crate::types::{
     LogEntry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
@@ -17,7 +18,7 @@ use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, St
 use raftmq_broker::log::EffectSink;
 use raftmq_broker::machine::State;
 use rocksdb::{WriteBatch, DB};
-use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -60,6 +61,9 @@ pub struct StateMachineStore {
     /// Serializes snapshot writes: a slow build that finishes after a newer install must not
     /// overwrite it.
     snapshot_write: Arc<tokio::sync::Mutex<()>>,
+    files: Arc<SnapshotFiles>,
+    /// The temporary file of the snapshot being received from the leader.
+    receiving: Option<PathBuf>,
 }
 
 impl StateMachineStore {
@@ -69,16 +73,24 @@ impl StateMachineStore {
         sink: Arc<dyn EffectSink>,
     ) -> Result<StateMachineStore, StoreError> {
         let mut applied = Applied::default();
-        let loaded = with_snapshot(&db, |meta, data| {
-            let state =
-                State::decode_snapshot(data).map_err(|e| StoreError::corrupt("snapshot", e))?;
-            Ok((meta, state))
-        })?;
-        if let Some((meta, state)) = loaded {
-            applied.state = state;
+        let files =
+            SnapshotFiles::beside(db.path()).map_err(|source| StoreError::SnapshotFile {
+                path: db.path().display().to_string(),
+                source,
+            })?;
+        let meta = read_snapshot_meta(&db)?;
+        if let Some(meta) = meta {
+            migrate_snapshot_value(&db, &files, &meta)?;
+            let path = files.path(&meta);
+            let data = fs_read(&path)?;
+            applied.state =
+                State::decode_snapshot(&data).map_err(|e| StoreError::corrupt("snapshot", e))?;
             applied.last_applied = meta.last_log_id;
-            applied.last_membership = meta.last_membership;
-            tracing::info!(snapshot = %meta.snapshot_id, last_index = applied.state.last_index, "loaded snapshot");
+            applied.last_membership = meta.last_membership.clone();
+            tracing::info!(snapshot = %meta.snapshot_id, last_index = applied.state.last_index, bytes = data.len(), "loaded snapshot");
+            files.remove_all_but(Some(&meta));
+        } else {
+            files.remove_all_but(None);
         }
         Ok(StateMachineStore {
             db,
@@ -86,6 +98,8 @@ impl StateMachineStore {
             stats: Arc::new(ApplyStats::default()),
             sink,
             snapshot_write: Arc::new(tokio::sync::Mutex::new(())),
+            files: Arc::new(files),
+            receiving: None,
         })
     }
 
@@ -111,49 +125,74 @@ fn read_snapshot_meta(db: &DB) -> Result<Option<SnapshotMeta>, StoreError> {
     }
 }
 
-/// The stored snapshot, its data handed to `read` where RocksDB holds it (a snapshot can be
-/// gigabytes: no copy is made).
-fn with_snapshot<T>(
-    db: &DB,
-    read: impl FnOnce(SnapshotMeta, &[u8]) -> Result<T, StoreError>,
-) -> Result<Option<T>, StoreError> {
-    let Some(meta) = read_snapshot_meta(db)? else {
-        return Ok(None);
-    };
-    let data = db
-        .get_pinned_cf(cf(db, CF_SM), KEY_SNAPSHOT_DATA)?
-        .ok_or_else(|| StoreError::corrupt("snapshot", "meta without data"))?;
-    read(meta, &data).map(Some)
+fn fs_read(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::SnapshotFile {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
-/// Persists a snapshot unless a newer one is already stored. Durability: synced, because
-/// openraft purges the log entries a snapshot covers right after it is built or installed; if the
-/// snapshot could be lost in a crash while the purge survived (a later synced append persists
-/// the purge), the state up to it would be gone.
+/// Databases written before snapshots moved to files hold the data as a value: write it to its
+/// file once and drop the value.
+fn migrate_snapshot_value(
+    db: &DB,
+    files: &SnapshotFiles,
+    meta: &SnapshotMeta,
+) -> Result<(), StoreError> {
+    let sm = cf(db, CF_SM);
+    let Some(data) = db.get_pinned_cf(sm, KEY_SNAPSHOT_DATA)? else {
+        return Ok(());
+    };
+    files
+        .write(meta, &data)
+        .map_err(|source| StoreError::SnapshotFile {
+            path: files.path(meta).display().to_string(),
+            source,
+        })?;
+    drop(data);
+    let mut batch = WriteBatch::default();
+    batch.delete_cf(sm, KEY_SNAPSHOT_DATA);
+    db.write_opt(batch, &synced())?;
+    tracing::info!(snapshot = %meta.snapshot_id, "moved the snapshot out of the database into its file");
+    Ok(())
+}
+
+/// Makes the snapshot of `meta` the stored one unless a newer one is stored. `put_file` puts
+/// its data file in place (written or moved there, synced); then the meta, synced, names it.
+/// Durability: synced, because openraft purges the log entries a snapshot covers right after
+/// it is built or installed; if the snapshot could be lost in a crash while the purge survived
+/// (a later synced append persists the purge), the state up to it would be gone.
 async fn persist_snapshot(
     db: &Arc<DB>,
+    files: &Arc<SnapshotFiles>,
     lock: &tokio::sync::Mutex<()>,
     meta: &SnapshotMeta,
-    data: Vec<u8>,
-) -> Result<(), StorageError> {
+    put_file: impl FnOnce(&SnapshotFiles) -> std::io::Result<()> + Send + 'static,
+) -> Result<bool, StorageError> {
     let _guard = lock.lock().await;
     let db = db.clone();
+    let files = files.clone();
     let meta = meta.clone();
     let signature = meta.signature();
-    let write = move || -> Result<(), StoreError> {
+    let write = move || -> Result<bool, StoreError> {
         if let Some(current) = read_snapshot_meta(&db)? {
             if current.last_log_id > meta.last_log_id {
                 tracing::debug!(current = %current, ours = %meta, "a newer snapshot is stored; keeping it");
-                return Ok(());
+                return Ok(false);
             }
         }
+        put_file(&files).map_err(|source| StoreError::SnapshotFile {
+            path: files.path(&meta).display().to_string(),
+            source,
+        })?;
         let meta_bytes = encode_meta(&meta).map_err(|e| StoreError::corrupt("snapshot meta", e))?;
         let mut batch = WriteBatch::default();
         let sm = cf(&db, CF_SM);
         batch.put_cf(sm, KEY_SNAPSHOT_META, meta_bytes);
-        batch.put_cf(sm, KEY_SNAPSHOT_DATA, data);
+        batch.delete_cf(sm, KEY_SNAPSHOT_DATA);
         db.write_opt(batch, &synced())?;
-        Ok(())
+        files.remove_all_but(Some(&meta));
+        Ok(true)
     };
     tokio::task::spawn_blocking(write)
         .await
@@ -167,10 +206,30 @@ async fn persist_snapshot(
         .map_err(|e| io_err(ErrorSubject::Snapshot(Some(signature)), ErrorVerb::Write, e))
 }
 
+/// The stored snapshot's file, opened for openraft to read.
+async fn open_snapshot(
+    files: &SnapshotFiles,
+    meta: SnapshotMeta,
+) -> Result<Snapshot, StorageError> {
+    let path = files.path(&meta);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        io_err(
+            ErrorSubject::Snapshot(Some(meta.signature())),
+            ErrorVerb::Read,
+            e,
+        )
+    })?;
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(file),
+    })
+}
+
 /// Builds a snapshot from a copy of the state taken on the state-machine task, so applying
 /// goes on while the copy is encoded and written.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
+    files: Arc<SnapshotFiles>,
     snapshot_write: Arc<tokio::sync::Mutex<()>>,
     state: State,
     last_applied: Option<LogId>,
@@ -196,12 +255,31 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        persist_snapshot(&self.db, &self.snapshot_write, &meta, data.clone()).await?;
-        tracing::info!(snapshot = %meta, bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        let bytes = data.len();
+        let file_meta = meta.clone();
+        let stored = persist_snapshot(
+            &self.db,
+            &self.files,
+            &self.snapshot_write,
+            &meta,
+            move |files| files.write(&file_meta, &data),
+        )
+        .await?;
+        if !stored {
+            // A newer one was installed meanwhile: that is the current snapshot.
+            let current = read_snapshot_meta(&self.db)
+                .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
+                .ok_or_else(|| {
+                    io_err(
+                        ErrorSubject::Snapshot(None),
+                        ErrorVerb::Read,
+                        StoreError::corrupt("snapshot", "meta vanished"),
+                    )
+                })?;
+            return open_snapshot(&self.files, current).await;
+        }
+        tracing::info!(snapshot = %meta, bytes, "built snapshot");
+        open_snapshot(&self.files, meta).await
     }
 }
 
@@ -260,6 +338,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let applied = self.read_applied();
         SnapshotBuilder {
             db: self.db.clone(),
+            files: self.files.clone(),
             snapshot_write: self.snapshot_write.clone(),
             state: applied.state.clone(),
             last_applied: applied.last_applied,
@@ -267,16 +346,44 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.files.temp_path();
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        if let Some(stale) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(stale);
+        }
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        mut snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let failed = |verb, e: std::io::Error| {
+            io_err(ErrorSubject::Snapshot(Some(meta.signature())), verb, e)
+        };
+        snapshot
+            .sync_all()
+            .await
+            .map_err(|e| failed(ErrorVerb::Write, e))?;
+        snapshot
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| failed(ErrorVerb::Read, e))?;
+        let mut data = Vec::new();
+        snapshot
+            .read_to_end(&mut data)
+            .await
+            .map_err(|e| failed(ErrorVerb::Read, e))?;
+        drop(snapshot);
         let state = State::decode_snapshot(&data).map_err(|e| {
             io_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
@@ -284,9 +391,25 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 e,
             )
         })?;
-        // Persist first, then switch the in-memory state: a crash in between restarts from the
-        // installed snapshot, which is what the leader asked for.
-        persist_snapshot(&self.db, &self.snapshot_write, meta, data).await?;
+        drop(data);
+        // The received file becomes the stored snapshot as it is. Persist first, then switch
+        // the in-memory state: a crash in between restarts from the installed snapshot, which
+        // is what the leader asked for.
+        let temp = self.receiving.take().ok_or_else(|| {
+            failed(
+                ErrorVerb::Write,
+                std::io::Error::other("no snapshot is being received"),
+            )
+        })?;
+        let file_meta = meta.clone();
+        persist_snapshot(
+            &self.db,
+            &self.files,
+            &self.snapshot_write,
+            meta,
+            move |files| files.adopt(&temp, &file_meta),
+        )
+        .await?;
         let mut applied = self.applied.write().unwrap_or_else(|p| p.into_inner());
         applied.state = state;
         applied.last_applied = meta.last_log_id;
@@ -301,17 +424,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let db = self.db.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            with_snapshot(&db, |meta, data| Ok((meta, data.to_vec())))
-        })
-        .await
-        .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?
-        .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
-        Ok(stored.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        // Opens the file only: openraft asks at every start just to learn the meta.
+        let meta = read_snapshot_meta(&self.db)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        match meta {
+            Some(meta) => open_snapshot(&self.files, meta).await.map(Some),
+            None => Ok(None),
+        }
     }
 }
 
@@ -322,4 +441,41 @@ pub(crate) fn open_stores(
 ) -> Result<(crate::store::LogStore, StateMachineStore), StoreError> {
     let sm = StateMachineStore::open(db.clone(), sink)?;
     Ok((crate::store::LogStore::new(db), sm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::open_db;
+    use raftmq_broker::log::DiscardEffects;
+
+    #[test]
+    fn a_snapshot_stored_as_a_value_by_an_older_version_moves_to_its_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open_db(&tmp.path().join("db")).unwrap();
+        let mut state = State::default();
+        state.last_index = 42;
+        let meta = SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::default(),
+            snapshot_id: "T1-N1-42-7".to_string(),
+        };
+        let mut batch = WriteBatch::default();
+        let sm = cf(&db, CF_SM);
+        batch.put_cf(sm, KEY_SNAPSHOT_META, encode_meta(&meta).unwrap());
+        batch.put_cf(sm, KEY_SNAPSHOT_DATA, state.encode_snapshot());
+        db.write_opt(batch, &synced()).unwrap();
+
+        let store = StateMachineStore::open(db.clone(), Arc::new(DiscardEffects)).unwrap();
+        assert_eq!(store.read_applied().state.last_index, 42);
+        assert!(tmp.path().join("snapshots/T1-N1-42-7.snap").exists());
+        assert!(db
+            .get_cf(cf(&db, CF_SM), KEY_SNAPSHOT_DATA)
+            .unwrap()
+            .is_none());
+        drop(store);
+        // And the next open reads the file.
+        let store = StateMachineStore::open(db, Arc::new(DiscardEffects)).unwrap();
+        assert_eq!(store.read_applied().state.last_index, 42);
+    }
 }

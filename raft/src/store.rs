@@ -54,6 +54,11 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("a blocking storage task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("snapshot file {path}: {source}")]
+    SnapshotFile {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl StoreError {

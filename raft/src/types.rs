@@ -5,7 +5,6 @@
 use raftmq_broker::ids::NodeId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::io::Cursor;
 
 /// What the cluster knows about one member. It travels inside membership log entries, so it is
 /// part of the persistent log format: fields are only ever added at the end.
@@ -39,7 +38,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
