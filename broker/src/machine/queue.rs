@@ -361,15 +361,20 @@ impl Queue {
 
     /// Keeps only the ready messages for which `keep` holds; returns how many went.
     pub fn retain_ready(&mut self, keep: impl Fn(&QueuedMessage) -> bool) -> u64 {
-        let before = self.ready.len();
-        self.ready.retain(|_, m| keep(m));
-        self.ready_bytes = self.ready.values().map(|m| m.body.len() as u64).sum();
-        self.expiring_ready = self
-            .ready
-            .values()
-            .filter(|m| m.expires_at_ms.is_some())
-            .count() as u64;
-        (before - self.ready.len()) as u64
+        // One pass: a queue can hold millions of messages, and a restart replays this.
+        let (mut removed, mut bytes, mut expiring) = (0u64, 0u64, 0u64);
+        self.ready.retain(|_, m| {
+            let kept = keep(m);
+            if !kept {
+                removed += 1;
+                bytes += m.body.len() as u64;
+                expiring += u64::from(m.expires_at_ms.is_some());
+            }
+            kept
+        });
+        self.ready_bytes -= bytes;
+        self.expiring_ready -= expiring;
+        removed
     }
 
     pub fn consumer_count(&self) -> u32 {
