@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
-/// How long a connect to the old leader's port may take to be refused.
+/// How long a probe of a peer's raft port may take: to connect, then to be reset.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// After this, the ordinary election timeouts are left to finish the job.
 const CAMPAIGN_FOR: Duration = Duration::from_secs(3);
