@@ -3,6 +3,7 @@
 # (1 KiB persistent, 1 producer, 1 consumer, 100 confirms in flight), then the same while the
 # leader is SIGKILLed mid-run: the longest pause between confirms is the failover stall.
 # Usage: deploy/bench/cluster.sh [path/to/raftmq] [seconds]
+# With KEEP_LOGS=DIR, the three nodes' logs are copied to DIR at the end.
 set -euo pipefail
 BIN="${1:-target/release/raftmq}"
 SECS="${2:-15}"

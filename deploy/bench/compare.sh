@@ -171,8 +171,8 @@ declare -A FLAGS=(
   [e]="--producers 1 --consumers 3 --queues 3 --exchange fanout --size 1024"
   [f]="--producers 4 --consumers 4 --queues 4 --size 1024"
   [g]="--producers 1 --consumers 1 --size 1024 --persistent --confirm 100 --queue-type quorum"
-  [k]="--producers 1 --consumers 1 --size 1024 --persistent --confirm 100 --queue-type quorum"
 )
+FLAGS[k]=${FLAGS[g]}   # g's load, with a leader kill
 
 RMQ_URI="amqp://guest:guest@127.0.0.1:25710/%2f"
 RAFT_URI="amqp://guest:guest@127.0.0.1:25720/%2f"
@@ -249,7 +249,7 @@ raftmq_leader() {
     if curl -s "127.0.0.1:2674$i/health" | grep -q '"role":"leader"'; then echo "$i"; return; fi
   done
 }
-kill_leader_later() {  # broker queue: SIGKILL the queue's leader node 5 s from now
+kill_leader_later() {  # broker queue pid-prefix: SIGKILL the queue's leader node 5 s from now
   local broker=$1 queue=$2 n=""
   sleep 3
   for _ in $(seq 1 20); do

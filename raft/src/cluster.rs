@@ -317,9 +317,9 @@ fn status_of(m: &RaftMetrics, transport: &Transport) -> ClusterStatus {
 
 /// On the leader: declares lost every node that has a live life in the broker state but has
 /// not answered for `down_after`, whose process was found gone (`peer_gone`), or that is no
-/// longer a member. Its connections are closed in the
-/// state, so its consumers' unacknowledged messages go to other consumers; if it was only cut
-/// off, it finds out when it catches up and starts a new life.
+/// longer a member. Its connections are closed in the state, so its consumers' unacknowledged
+/// messages go to other consumers; if it was only cut off, it finds out when it catches up and
+/// starts a new life.
 pub(crate) async fn watch_members(
     node_id: NodeId,
     raft: Raft,

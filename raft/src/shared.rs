@@ -114,6 +114,10 @@ impl SharedDir {
         &self.dir
     }
 
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join(crate::lock::LOCK_FILE_NAME)
+    }
+
     fn unavailable(&self, reason: impl std::fmt::Display) -> SharedError {
         SharedError::Unavailable {
             dir: self.dir.clone(),
@@ -146,7 +150,7 @@ impl SharedDir {
         let pinned = PinnedDir::open(&self.dir).map_err(|e| self.unavailable(e))?;
         let at = pinned.path();
         let mut lock = match DataDirLock::acquire(&at) {
-            Ok(lock) => lock.described_as(self.dir.join(crate::lock::LOCK_FILE_NAME)),
+            Ok(lock) => lock.described_as(self.lock_path()),
             Err(LockError::InUse { .. }) => return Ok(None),
             Err(LockError::Io { source, .. }) => return Err(self.unavailable(source)),
         };
@@ -174,9 +178,7 @@ impl SharedDir {
         ))
         .map_err(|e| self.unavailable(e))?;
         // The log is opened by its path next: the path must still name what was locked.
-        if !pinned.still_at(&self.dir)
-            || file_identity(&self.dir.join(crate::lock::LOCK_FILE_NAME)).ok() != Some(identity)
-        {
+        if !pinned.still_at(&self.dir) || file_identity(&self.lock_path()).ok() != Some(identity) {
             return Err(self.unavailable(
                 "it was replaced by another directory while this process took it over; trying again",
             ));
@@ -221,7 +223,7 @@ impl SharedDir {
 
     /// Who holds the lock, as its holder wrote it (for the standby's health).
     pub fn holder(&self) -> Option<String> {
-        fs::read_to_string(self.dir.join(crate::lock::LOCK_FILE_NAME))
+        fs::read_to_string(self.lock_path())
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty())
@@ -230,7 +232,7 @@ impl SharedDir {
     /// The active's periodic check (blocking I/O): still the writer, and still able to write.
     pub fn check(&self, lease: &LeaseInfo) -> Result<(), SharedError> {
         use std::os::unix::fs::MetadataExt;
-        let lock_path = self.dir.join(crate::lock::LOCK_FILE_NAME);
+        let lock_path = self.lock_path();
         match fs::metadata(&lock_path) {
             Ok(meta) if (meta.dev(), meta.ino()) == lease.identity => {}
             Ok(_) => {

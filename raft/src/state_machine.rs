@@ -5,8 +5,9 @@
 //! `State::apply(index, batch)` and its effects go, per entry and in log order, to the
 //! broker's `EffectSink`; blank and membership entries only move the applied log id and the
 //! membership. A snapshot is `State::encode_snapshot()` in a file (`snapshot_files`) plus
-//! openraft's meta in the `sm` column family. On open the latest snapshot is loaded, and openraft replays the committed log after it, so a restart rebuilds
-//! exactly the state the node had. This file does no networking and knows no membership rules.
+//! openraft's meta in the `sm` column family. On open the latest snapshot is loaded, and
+//! openraft replays the committed log after it, so a restart rebuilds exactly the state the
+//! node had. This file does no networking and knows no membership rules.
 
 use crate::snapshot_files::SnapshotFiles;
 use crate::store::{cf, decode_meta, encode_meta, synced, StoreError, CF_SM};
@@ -74,15 +75,11 @@ impl StateMachineStore {
     ) -> Result<StateMachineStore, StoreError> {
         let mut applied = Applied::default();
         let files =
-            SnapshotFiles::beside(db.path()).map_err(|source| StoreError::SnapshotFile {
-                path: db.path().display().to_string(),
-                source,
-            })?;
-        let meta = read_snapshot_meta(&db)?;
-        if let Some(meta) = meta {
+            SnapshotFiles::beside(db.path()).map_err(StoreError::snapshot_file(db.path()))?;
+        if let Some(meta) = read_snapshot_meta(&db)? {
             migrate_snapshot_value(&db, &files, &meta)?;
             let path = files.path(&meta);
-            let data = fs_read(&path)?;
+            let data = std::fs::read(&path).map_err(StoreError::snapshot_file(&path))?;
             applied.state =
                 State::decode_snapshot(&data).map_err(|e| StoreError::corrupt("snapshot", e))?;
             applied.last_applied = meta.last_log_id;
@@ -125,13 +122,6 @@ fn read_snapshot_meta(db: &DB) -> Result<Option<SnapshotMeta>, StoreError> {
     }
 }
 
-fn fs_read(path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|source| StoreError::SnapshotFile {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
 /// Databases written before snapshots moved to files hold the data as a value: write it to its
 /// file once and drop the value.
 fn migrate_snapshot_value(
@@ -145,10 +135,7 @@ fn migrate_snapshot_value(
     };
     files
         .write(meta, &data)
-        .map_err(|source| StoreError::SnapshotFile {
-            path: files.path(meta).display().to_string(),
-            source,
-        })?;
+        .map_err(StoreError::snapshot_file(&files.path(meta)))?;
     drop(data);
     let mut batch = WriteBatch::default();
     batch.delete_cf(sm, KEY_SNAPSHOT_DATA);
@@ -181,10 +168,7 @@ async fn persist_snapshot(
                 return Ok(false);
             }
         }
-        put_file(&files).map_err(|source| StoreError::SnapshotFile {
-            path: files.path(&meta).display().to_string(),
-            source,
-        })?;
+        put_file(&files).map_err(StoreError::snapshot_file(&files.path(&meta)))?;
         let meta_bytes = encode_meta(&meta).map_err(|e| StoreError::corrupt("snapshot meta", e))?;
         let mut batch = WriteBatch::default();
         let sm = cf(&db, CF_SM);

@@ -62,6 +62,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Maps an I/O error on the snapshot file (or directory) at `path`.
+    pub(crate) fn snapshot_file(
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> StoreError {
+        let path = path.display().to_string();
+        move |source| StoreError::SnapshotFile { path, source }
+    }
+
     pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> StoreError {
         StoreError::Corrupt {
             what,

@@ -156,12 +156,12 @@ impl Transport {
     }
 
     /// True if `peer`'s process was found gone and it has not answered since.
-    pub fn is_gone(&self, peer: NodeId) -> bool {
+    pub(crate) fn is_gone(&self, peer: NodeId) -> bool {
         let gone = self.gone.lock().expect("gone lock").get(&peer).copied();
         gone.is_some_and(|at| self.last_contact(peer).is_none_or(|heard| heard < at))
     }
 
-    /// When `peer` last answered one of this node's requests.
+    /// When `peer` last answered one of this node's requests, or last connected to this node.
     pub fn last_contact(&self, peer: NodeId) -> Option<Instant> {
         self.contact
             .lock()
