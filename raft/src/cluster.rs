@@ -385,7 +385,7 @@ pub(crate) async fn watch_members(
             };
             let raft = raft.clone();
             tokio::spawn(async move {
-                if let Err(e) = raft.client_write(entry).await {
+                if let Err(e) = raft.client_write(Arc::new(entry)).await {
                     tracing::warn!(node, error = %e, "proposing the node loss failed");
                 }
             });

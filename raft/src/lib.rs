@@ -4,6 +4,10 @@
 //! - [`types`]: the openraft type config (`TypeConfig`, an entry is a batch of broker commands)
 //!   and [`NodeInfo`], what the membership records about a member.
 //! - [`store`]: the RocksDB database (column families `logs`, `meta`, `sm`) and the log store.
+//! - `recent_log`: the log's newest entries in memory (appended and not yet durable, and the
+//!   stretch openraft reads back for applying and replicating).
+//! - `log_writer`: the one thread that writes the log store's batches in order, one fsync per
+//!   group of appends.
 //! - [`state_machine`]: the state-machine store: broker `State` in memory, effects to the
 //!   broker's `EffectSink`, snapshots.
 //! - `snapshot_files`: snapshot data in files beside the database.
@@ -21,10 +25,12 @@
 
 pub mod cluster;
 pub mod lock;
+mod log_writer;
 pub mod network;
 pub mod node;
 mod peer_gone;
 mod proposer;
+mod recent_log;
 pub mod shared;
 mod snapshot_files;
 pub mod state_machine;

@@ -98,7 +98,7 @@ impl Router {
     /// Hands `entry` on, in call order, and returns its outcome: the index it was committed at.
     pub(crate) async fn submit(
         &mut self,
-        entry: Entry,
+        entry: Arc<Entry>,
     ) -> BoxFuture<'static, Result<u64, SendError>> {
         let (state, leader) = {
             let m = self.raft.metrics();
@@ -141,7 +141,7 @@ impl Router {
         &mut self,
         leader: NodeId,
         info: &NodeInfo,
-        entry: Entry,
+        entry: Arc<Entry>,
     ) -> BoxFuture<'static, Result<u64, SendError>> {
         if self.forward.as_ref().map(PeerClient::target) != Some(leader) {
             self.forward = Some(PeerClient::new(self.transport.clone(), leader, info));
@@ -184,7 +184,7 @@ pub(crate) enum Control {
 /// A batch proposed and not yet seen applied.
 struct Pending {
     seq: u64,
-    entry: Entry,
+    entry: Arc<Entry>,
     conns: BTreeSet<ConnId>,
     /// The index the leader said it was committed at, in the current round of sends.
     committed_at: Option<u64>,
@@ -349,7 +349,7 @@ impl Batcher {
         let seq = life.next_seq;
         life.next_seq += 1;
         let conns: BTreeSet<ConnId> = commands.iter().filter_map(Command::conn).collect();
-        let entry = Entry {
+        let entry = Arc::new(Entry {
             now_ms: now_ms(),
             commands,
             origin: Some(Origin {
@@ -357,7 +357,7 @@ impl Batcher {
                 epoch: life.epoch,
                 seq,
             }),
-        };
+        });
         tracing::trace!(seq, commands = entry.commands.len(), "proposing batch");
         run.pending.push_back(Pending {
             seq,
@@ -481,7 +481,7 @@ impl Batcher {
             if *self.stop.borrow() {
                 return Err("the node is shutting down".into());
             }
-            let entry = Entry {
+            let entry = Arc::new(Entry {
                 now_ms: now_ms(),
                 commands: vec![Command::NodeStarted {
                     node: self.node_id,
@@ -489,7 +489,7 @@ impl Batcher {
                     drop_transient,
                 }],
                 origin: None,
-            };
+            });
             match self.router.submit(entry).await.await {
                 Ok(index) => {
                     let waited = self
@@ -520,11 +520,11 @@ impl Batcher {
         if !is_leader {
             return;
         }
-        let entry = Entry {
+        let entry = Arc::new(Entry {
             now_ms: now_ms(),
             commands: Vec::new(),
             origin: None,
-        };
+        });
         // The outcome does not matter: a lost tick is followed by the next one.
         let _ = self.raft.client_write_ff(entry).await;
     }

@@ -424,7 +424,7 @@ pub(crate) fn open_stores(
     sink: Arc<dyn EffectSink>,
 ) -> Result<(crate::store::LogStore, StateMachineStore), StoreError> {
     let sm = StateMachineStore::open(db.clone(), sink)?;
-    Ok((crate::store::LogStore::new(db), sm))
+    Ok((crate::store::LogStore::new(db)?, sm))
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@
 //! `RaftLogReader`); the state machine lives in `state_machine.rs`. Nothing here knows about
 //! membership or the network, so the same store serves a one-member group and a cluster.
 
+use crate::log_writer::{Done, LogWriter};
+use crate::recent_log::{RecentLimits, RecentLog};
 use crate::types::{LogEntry, LogId, NodeInfo, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{
@@ -23,7 +25,7 @@ use rocksdb::{
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 pub(crate) const CF_LOGS: &str = "logs";
@@ -54,6 +56,10 @@ pub enum StoreError {
     Corrupt { what: &'static str, detail: String },
     #[error("a blocking storage task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot start the raft log's writer thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the raft log's writer thread has stopped")]
+    WriterGone,
     #[error("snapshot file {path}: {source}")]
     SnapshotFile {
         path: String,
@@ -129,7 +135,7 @@ pub(crate) fn encode_log_entry(entry: &LogEntry) -> Result<Vec<u8>, postcard::Er
         EntryPayload::Blank => out.push(KIND_BLANK),
         EntryPayload::Normal(batch) => {
             out.push(KIND_NORMAL);
-            out.extend_from_slice(&batch.encode());
+            out = batch.encode_into(out);
         }
         EntryPayload::Membership(membership) => {
             out.push(KIND_MEMBERSHIP);
@@ -154,9 +160,9 @@ pub(crate) fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StoreError> {
         postcard::take_from_bytes(rest).map_err(|e| StoreError::corrupt("log entry id", e))?;
     let payload = match rest.split_first() {
         Some((&KIND_BLANK, _)) => EntryPayload::Blank,
-        Some((&KIND_NORMAL, batch)) => EntryPayload::Normal(
+        Some((&KIND_NORMAL, batch)) => EntryPayload::Normal(Arc::new(
             CommandBatch::decode(batch).map_err(|e| StoreError::corrupt("command batch", e))?,
-        ),
+        )),
         Some((&KIND_MEMBERSHIP, m)) => {
             let membership: Membership<NodeId, NodeInfo> =
                 postcard::from_bytes(m).map_err(|e| StoreError::corrupt("membership entry", e))?;
@@ -202,16 +208,26 @@ fn io_err(
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
-/// The Raft log and vote on RocksDB. Cheap to clone: clones share the database, which is how
-/// openraft's log readers (used by replication) read while the core appends.
+/// The Raft log and vote on RocksDB, with the log's newest entries also in memory
+/// ([`RecentLog`]) and every write made by one writer thread ([`LogWriter`]). Cheap to clone:
+/// clones share all three, which is how openraft's log readers (used by replication) read while
+/// the core appends.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    recent: Arc<Mutex<RecentLog>>,
+    writer: LogWriter,
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> LogStore {
-        LogStore { db }
+    pub(crate) fn new(db: Arc<DB>) -> Result<LogStore, StoreError> {
+        let recent = Arc::new(Mutex::new(RecentLog::new(RecentLimits::default())));
+        let writer = LogWriter::start(db.clone(), recent.clone())?;
+        Ok(LogStore { db, recent, writer })
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentLog> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -243,22 +259,6 @@ impl LogStore {
                 Ok(Some(entry.log_id))
             }
         }
-    }
-
-    /// Runs a RocksDB write on the blocking pool: a synced write waits for fsync, and that must
-    /// not stall a runtime worker that also drives the AMQP connections.
-    async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let opts = if sync {
-                synced()
-            } else {
-                WriteOptions::default()
-            };
-            db.write_opt(batch, &opts)
-        })
-        .await??;
-        Ok(())
     }
 
     fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<LogEntry>, StoreError> {
@@ -298,8 +298,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = range.end_bound().cloned();
-        self.read_range(start, end)
-            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))
+        // The newest entries come from memory; whatever lies before them is durable and read
+        // from RocksDB (entries leave memory only once durable, so nothing falls in between).
+        let (newest, first_in_memory) = {
+            let recent = self.recent();
+            (recent.read(start, end), recent.first_index())
+        };
+        match first_in_memory {
+            Some(first) if start >= first => Ok(newest),
+            _ => {
+                let db_end = match (first_in_memory, end) {
+                    (Some(first), Bound::Included(e)) if e >= first => Bound::Excluded(first),
+                    (Some(first), Bound::Excluded(e)) if e > first => Bound::Excluded(first),
+                    (Some(first), Bound::Unbounded) => Bound::Excluded(first),
+                    (_, end) => end,
+                };
+                let mut entries = self
+                    .read_range(start, db_end)
+                    .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+                entries.extend(newest);
+                Ok(entries)
+            }
+        }
     }
 }
 
@@ -309,7 +329,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged()?;
         // With every entry purged the log is empty, and its last id is the last purged one.
-        let last_log_id = self.last_log_id()?.or(last_purged_log_id);
+        let newest = self.recent().last_log_id();
+        let last_log_id = match newest {
+            Some(id) => Some(id),
+            None => self.last_log_id()?.or(last_purged_log_id),
+        };
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -328,7 +352,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encode_meta(vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_VOTE, value);
-        self.write(batch, true)
+        self.writer
+            .write(batch, true)
             .await
             .map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, e))
     }
@@ -343,13 +368,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // its committed entries before it hears from a leader; the entries themselves are already
         // synced by `append`, and losing the latest value only means the node re-learns it from
         // the next commit. A later synced write (append, vote) makes it durable anyway, since
-        // RocksDB's write-ahead log is sequential.
+        // RocksDB's write-ahead log is sequential. Nobody waits for it: it is queued behind the
+        // writes before it, and a failed write fails the appends after it.
         let value = encode_meta(&committed)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_COMMITTED, value);
-        self.write(batch, false)
-            .await
+        self.writer
+            .submit(batch, false, Done::Nothing)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
@@ -371,29 +397,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let logs = cf(&self.db, CF_LOGS);
-        for entry in entries {
-            let value = encode_log_entry(&entry)
-                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-            batch.put_cf(logs, index_key(entry.log_id.index), value);
+        let mut ids = Vec::new();
+        {
+            let mut recent = self.recent();
+            for entry in entries {
+                let value = encode_log_entry(&entry)
+                    .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+                batch.put_cf(logs, index_key(entry.log_id.index), value);
+                ids.push(entry.log_id);
+                recent.push(entry);
+            }
         }
+        // The entries are readable now (in memory); the writer thread writes them and only then
+        // tells openraft, through `callback`, that they are flushed.
+        //
         // Durability: every entry of this call goes into ONE write batch (atomic in RocksDB's
-        // write-ahead log) written with sync=true, i.e. fsync'ed before `write` returns. Only
-        // then do we tell openraft that the entries are flushed: the leader counts its own copy
-        // toward the commit quorum on this signal, and a commit is what releases publisher
-        // confirms. Calling the callback earlier could confirm a publish that a power loss then
-        // erases.
-        let result = self.write(batch, true).await;
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "appending to the raft log failed");
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
-            }
-        }
+        // write-ahead log), written synced: fsync'ed before the callback is called. The leader
+        // counts its own copy toward the commit quorum on that signal, and a commit is what
+        // releases publisher confirms. Calling the callback earlier could confirm a publish
+        // that a power loss then erases.
+        self.writer
+            .submit(batch, true, Done::Appended { ids, callback })
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -408,7 +433,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(u64::MAX),
         );
         batch.delete_cf(cf(&self.db, CF_LOGS), index_key(u64::MAX));
-        self.write(batch, true)
+        self.recent().truncate_from(log_id.index);
+        self.writer
+            .write(batch, true)
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
@@ -428,7 +455,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             index_key(0),
             index_key(log_id.index.saturating_add(1)),
         );
-        self.write(batch, false)
+        self.recent().purge_upto(log_id.index);
+        self.writer
+            .write(batch, false)
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
@@ -475,7 +504,7 @@ mod tests {
         let membership = Membership::new(vec![BTreeSet::from([1])], nodes);
         for payload in [
             EntryPayload::Blank,
-            EntryPayload::Normal(batch),
+            EntryPayload::Normal(Arc::new(batch)),
             EntryPayload::Membership(membership),
         ] {
             let entry = LogEntry {

@@ -30,10 +30,12 @@ impl fmt::Display for NodeInfo {
 
 openraft::declare_raft_types!(
     /// RaftMQ's openraft types: a log entry's application data is one group-committed batch of
-    /// broker commands (`raftmq_broker::machine::command::Entry`); applying it answers nothing
-    /// directly (its outcome leaves as effects), so the response is `()`.
+    /// broker commands (`raftmq_broker::machine::command::Entry`), shared rather than copied
+    /// when openraft clones an entry (for the in-memory log tail, for each follower, for
+    /// applying); applying it answers nothing directly (its outcome leaves as effects), so the
+    /// response is `()`.
     pub TypeConfig:
-        D = raftmq_broker::machine::command::Entry,
+        D = std::sync::Arc<raftmq_broker::machine::command::Entry>,
         R = (),
         NodeId = NodeId,
         Node = NodeInfo,

@@ -59,10 +59,24 @@ pub enum EntryDecodeError {
 
 impl Entry {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![ENTRY_FORMAT_VERSION];
+        self.encode_into(Vec::new())
+    }
+
+    /// Appends the encoding to `out` (the version byte, then the entry), so that a caller with
+    /// its own header writes everything into one buffer.
+    pub fn encode_into(&self, mut out: Vec<u8>) -> Vec<u8> {
+        out.push(ENTRY_FORMAT_VERSION);
         // Serializing plain data into a Vec cannot fail.
-        out.extend(postcard::to_allocvec(self).expect("entry serializes"));
-        out
+        postcard::to_extend(self, out).expect("entry serializes")
+    }
+
+    /// About how many bytes the entry holds (bodies and headers), for memory accounting.
+    pub fn approx_size(&self) -> usize {
+        self.commands
+            .iter()
+            .map(Command::approx_size)
+            .sum::<usize>()
+            + 32
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Entry, EntryDecodeError> {

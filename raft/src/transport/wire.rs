@@ -72,7 +72,7 @@ pub enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     /// A batch proposed on a follower, for the leader to append.
-    Forward(Entry),
+    Forward(std::sync::Arc<Entry>),
     Admin(AdminRequest),
 }
 

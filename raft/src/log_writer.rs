@@ -1,0 +1,134 @@
+//! The one thread that writes the log store's RocksDB batches, in the order they were queued.
+//!
+//! openraft's core must not wait for an fsync: `append` returns once the entries are readable
+//! (they are in [`RecentLog`]) and reports durability later through openraft's callback. Every
+//! write of the log store (appends, truncations, purges, the vote, the committed id) goes
+//! through this queue, so writes reach the database in the order the core made them. The thread
+//! takes whatever is queued and writes it with one fsync at the end: a synced RocksDB write
+//! makes its write-ahead log durable up to and including every earlier write, so this is group
+//! commit across appends. Only after that fsync are the appends' callbacks called, in order.
+
+use crate::recent_log::RecentLog;
+use crate::store::{synced, StoreError};
+use crate::types::{LogId, TypeConfig};
+use openraft::storage::LogFlushed;
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use std::sync::{mpsc, Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Who learns that a write is done, and how.
+pub(crate) enum Done {
+    /// Nobody waits (a hint, such as the committed log id).
+    Nothing,
+    /// An append of these entries: mark them durable in the recent log, then tell openraft.
+    Appended {
+        ids: Vec<LogId>,
+        callback: LogFlushed<TypeConfig>,
+    },
+    /// A caller awaits the outcome.
+    Reply(oneshot::Sender<Result<(), StoreError>>),
+}
+
+struct Job {
+    batch: WriteBatch,
+    sync: bool,
+    done: Done,
+}
+
+/// The queue to the writer thread. Clones share it; the thread ends when the last is dropped.
+#[derive(Clone)]
+pub(crate) struct LogWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Most jobs one fsync covers; a bound on how long the first of them waits for its callback.
+const MAX_JOBS_PER_SYNC: usize = 256;
+
+impl LogWriter {
+    pub(crate) fn start(
+        db: Arc<DB>,
+        recent: Arc<Mutex<RecentLog>>,
+    ) -> Result<LogWriter, StoreError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || write_loop(&db, &recent, &queue))
+            .map_err(StoreError::Thread)?;
+        Ok(LogWriter { jobs })
+    }
+
+    /// Queues a write; `done` hears of it when it (and its fsync, if `sync`) is complete.
+    pub(crate) fn submit(
+        &self,
+        batch: WriteBatch,
+        sync: bool,
+        done: Done,
+    ) -> Result<(), StoreError> {
+        self.jobs
+            .send(Job { batch, sync, done })
+            .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Queues a write and waits for it.
+    pub(crate) async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(batch, sync, Done::Reply(tx))?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>) {
+    let mut group = Vec::new();
+    while let Ok(first) = queue.recv() {
+        group.push(first);
+        while group.len() < MAX_JOBS_PER_SYNC {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let sync = group.iter().any(|j| j.sync);
+        let last = group.len() - 1;
+        let mut result = Ok(());
+        let mut dones = Vec::with_capacity(group.len());
+        for (i, job) in group.drain(..).enumerate() {
+            if result.is_ok() {
+                // Durability: the group's last write is synced when any of the group asked for
+                // it, which makes every earlier write of the group durable too (one WAL).
+                let opts = if i == last && sync {
+                    synced()
+                } else {
+                    WriteOptions::default()
+                };
+                result = db.write_opt(job.batch, &opts);
+            }
+            dones.push(job.done);
+        }
+        finish(recent, dones, result);
+    }
+}
+
+/// Reports a group's outcome to each of its jobs, in queue order.
+fn finish(recent: &Mutex<RecentLog>, dones: Vec<Done>, result: Result<(), rocksdb::Error>) {
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "writing to the raft log failed");
+    }
+    for done in dones {
+        match done {
+            Done::Nothing => {}
+            Done::Appended { ids, callback } => match &result {
+                Ok(()) => {
+                    recent
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .mark_durable(&ids);
+                    callback.log_io_completed(Ok(()));
+                }
+                Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+            },
+            Done::Reply(tx) => {
+                let _ = tx.send(result.clone().map_err(StoreError::Rocks));
+            }
+        }
+    }
+}
