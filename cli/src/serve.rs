@@ -64,7 +64,14 @@ async fn run_async(config: ServeConfig) -> Result<()> {
     let log = LogNode::open(log_config, dispatcher.clone())
         .await
         .context("cannot open the log")?;
-    let amqp = bind_amqp(&config).await?;
+    let amqp = match bind_amqp(&config).await {
+        Ok(amqp) => amqp,
+        Err(e) => {
+            // Closed, not just dropped: its threads must let go of the database before exit.
+            close_log(log).await;
+            return Err(e);
+        }
+    };
     let view = NodeView::new(
         config.node_id,
         if config.cluster.is_some() {
@@ -74,7 +81,13 @@ async fn run_async(config: ServeConfig) -> Result<()> {
         },
     );
     view.set_serving(log.status(), dispatcher.clone(), log.admin(), None);
-    let http = HttpServer::start(&config, view.clone()).await?;
+    let http = match HttpServer::start(&config, view.clone()).await {
+        Ok(http) => http,
+        Err(e) => {
+            close_log(log).await;
+            return Err(e);
+        }
+    };
     let result = serve_log(&config, log, dispatcher, amqp, &view, None, stop.wait()).await;
     http.stop().await;
     info!("stopped");

@@ -525,8 +525,13 @@ impl Batcher {
             commands: Vec::new(),
             origin: None,
         });
-        // The outcome does not matter: a lost tick is followed by the next one.
-        let _ = self.raft.client_write_ff(entry).await;
+        // The outcome does not matter: a lost tick is followed by the next one. The answer is
+        // still taken (openraft warns about every answer nobody receives).
+        if let Ok(answer) = self.raft.client_write_ff(entry).await {
+            tokio::spawn(async move {
+                let _ = answer.await;
+            });
+        }
     }
 
     fn fail_all(&mut self, run: &mut Run, fatal: &Fatal<NodeId>) {
