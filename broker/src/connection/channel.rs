@@ -47,20 +47,20 @@ pub struct PendingHeader {
 }
 
 impl PendingPublish {
-    /// Joins the body frames. One frame (the common case for small messages) is passed on
-    /// without a copy.
-    pub fn take_body(&mut self) -> Bytes {
-        match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.pop().expect("one chunk"),
-            _ => {
-                let mut body = BytesMut::with_capacity(self.received as usize);
-                for c in self.chunks.drain(..) {
-                    body.extend_from_slice(&c);
-                }
-                body.freeze()
-            }
+    /// The message's properties and body, copied together into one buffer of their exact
+    /// size. The frames are slices of the connection's 64 KiB read buffers; a queued message
+    /// that kept such a slice would keep its whole read buffer alive (the log's newest entries
+    /// and the queues share the proposed command), so one message left in a queue could hold
+    /// 64 KiB. One copy of the message is what the log's encoding cost anyway.
+    pub fn take_message(&mut self, properties: &Bytes) -> (Bytes, Bytes) {
+        let mut all = BytesMut::with_capacity(properties.len() + self.received as usize);
+        all.extend_from_slice(properties);
+        for c in self.chunks.drain(..) {
+            all.extend_from_slice(&c);
         }
+        let mut all = all.freeze();
+        let body = all.split_off(properties.len());
+        (all, body)
     }
 }
 

@@ -4,11 +4,12 @@
 
 use super::channel::{fold_confirms, Phase};
 use super::inbound::put_channel_close;
-use super::{Conn, HardError, Stop};
+use super::{Conn, HardError, Stop, FLOW_PAUSE};
 use crate::machine::effect::{Effect, OutgoingMessage, Reply};
 use crate::protocol::method::put_method;
 use crate::protocol::outbound::put_content_method;
 use amq_protocol::protocol::{basic, channel, exchange, queue, tx, AMQPClass};
+use std::time::Instant;
 
 fn reply_method(reply: Reply) -> Option<AMQPClass> {
     Some(match reply {
@@ -81,6 +82,10 @@ impl Conn {
                 return Err(Stop::Hard(HardError::new(
                     reply_code, reply_text, class_id, method_id,
                 )));
+            }
+            if let Effect::Flow { .. } = effect {
+                self.read_paused_until = Some(Instant::now() + FLOW_PAUSE);
+                continue;
             }
             let Some(ch) = effect.channel() else { continue };
             let number = ch.number;
@@ -242,7 +247,9 @@ impl Conn {
                         method_id,
                     );
                 }
-                Effect::ConnectionError { .. } => unreachable!("handled above"),
+                Effect::ConnectionError { .. } | Effect::Flow { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
         Ok(())

@@ -822,7 +822,7 @@ impl Conn {
         let slot = self.slot(number);
         let mut content = slot.content.take().expect("a publish in progress");
         let header = content.header.take().expect("header arrived");
-        let body = content.take_body();
+        let (properties, body) = content.take_message(&header.properties);
         let confirm_seq = if slot.mode == Mode::Confirm {
             slot.publish_seq += 1;
             Some(slot.publish_seq)
@@ -835,7 +835,7 @@ impl Conn {
             mandatory: content.mandatory,
             confirm_seq,
             message: PublishedMessage {
-                properties: header.properties,
+                properties,
                 body,
                 persistent: header.persistent,
                 priority: header.priority,

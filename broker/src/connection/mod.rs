@@ -214,8 +214,15 @@ pub(crate) struct Conn {
     pub out: BytesMut,
     /// Set once we sent connection.close: the moment we give up waiting for close-ok.
     pub closing_deadline: Option<Instant>,
+    /// Publisher flow control (`Effect::Flow`): the socket is not read until then.
+    pub read_paused_until: Option<Instant>,
     rng: u64,
 }
+
+/// How long one `Effect::Flow` stops reading a publisher's socket. Short: a publisher whose
+/// queue's consumers keep falling behind gets one with nearly every log entry, so the pauses
+/// add up to a rate, and a connection that also consumes still reads its acks in between.
+pub(crate) const FLOW_PAUSE: Duration = Duration::from_millis(2);
 
 /// Serves one socket from the protocol header to the end.
 pub async fn run(
@@ -255,6 +262,7 @@ pub async fn run(
         has_published: false,
         out: BytesMut::with_capacity(64 * 1024),
         closing_deadline: None,
+        read_paused_until: None,
         rng: seed | 1,
     };
     let outcome = conn.serve(&mut rd, &mut wr, &mut rbuf, mailbox, stop).await;
@@ -343,6 +351,7 @@ impl Conn {
             self.begin_close(&shutdown_error());
         }
         loop {
+            let paused_until = self.read_paused_until;
             let step: Result<(), Stop> = tokio::select! {
                 changed = stop.changed(), if !stopping => {
                     stopping = true;
@@ -366,7 +375,11 @@ impl Conn {
                     }
                     None => Err(Stop::LogClosed),
                 },
-                read = rd.read_buf(rbuf) => match read {
+                _ = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now).into()), if paused_until.is_some() => {
+                    self.read_paused_until = None;
+                    Ok(())
+                }
+                read = rd.read_buf(rbuf), if paused_until.is_none() => match read {
                     Ok(0) => Err(Stop::Gone("peer closed the socket".into())),
                     Ok(_) => {
                         last_read = Instant::now();

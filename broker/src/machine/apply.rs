@@ -777,6 +777,7 @@ impl State {
             });
         }
         let mut accepted = true;
+        let mut backlogged = false;
         for qid in targets {
             let incoming = Incoming {
                 exchange: &p.exchange,
@@ -788,6 +789,14 @@ impl State {
                 expiration_ms: m.expiration_ms,
             };
             accepted &= self.enqueue(qid, incoming, cx);
+            backlogged |= self
+                .queues
+                .get(&qid)
+                .is_some_and(|q| !q.consumers.is_empty() && q.ready.len() >= super::FLOW_BACKLOG);
+        }
+        if backlogged && cx.flow_told != Some(ch.conn) {
+            cx.flow_told = Some(ch.conn);
+            cx.fx.push(Effect::Flow { conn: ch.conn });
         }
         if let Some(seq) = p.confirm_seq {
             cx.fx.push(Effect::Confirm {

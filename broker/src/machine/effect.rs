@@ -102,6 +102,14 @@ pub enum Effect {
         class_id: u16,
         method_id: u16,
     },
+    /// Publisher flow control: this connection published into a queue that has consumers and
+    /// a backlog they are not taking ([`FLOW_BACKLOG`](super::FLOW_BACKLOG) ready messages or
+    /// more). The connection pauses reading its socket for a moment, so a publisher cannot run
+    /// ever further ahead of the queue's consumers (RabbitMQ's "flow" state). At most one per
+    /// connection per log entry.
+    Flow {
+        conn: ConnId,
+    },
     /// Close the whole connection with an error (a hard error: 503, 530, 541, ...).
     ConnectionError {
         conn: ConnId,
@@ -123,14 +131,14 @@ impl Effect {
             | Effect::Confirm { ch, .. }
             | Effect::CancelConsumer { ch, .. }
             | Effect::ChannelError { ch, .. } => Some(*ch),
-            Effect::ConnectionError { .. } => None,
+            Effect::ConnectionError { .. } | Effect::Flow { .. } => None,
         }
     }
 
     /// The connection that carries this effect out.
     pub fn conn(&self) -> ConnId {
         match self {
-            Effect::ConnectionError { conn, .. } => *conn,
+            Effect::ConnectionError { conn, .. } | Effect::Flow { conn } => *conn,
             other => {
                 other
                     .channel()

@@ -104,7 +104,14 @@ pub(crate) struct Ctx {
     pub fx: Vec<Effect>,
     pub dirty: BTreeSet<u64>,
     pub dead: VecDeque<DeadLetter>,
+    /// The connection most recently told to slow down in this entry (`Effect::Flow`).
+    pub flow_told: Option<ConnId>,
 }
+
+/// A queue with consumers and at least this many ready messages slows its publishers down
+/// (`Effect::Flow`): the consumers are not keeping up, and a publisher that runs on only
+/// makes every message wait longer.
+pub const FLOW_BACKLOG: usize = 2000;
 
 /// One copy of a message on its way into a queue (from a publish or a dead-lettering).
 #[derive(Clone, Copy)]

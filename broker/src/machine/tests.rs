@@ -1520,6 +1520,53 @@ fn priority_queue_delivers_higher_priority_first_and_fifo_within_a_priority() {
     assert_eq!(bodies(&b.one(get(C, "fifo", true))), vec!["a"]);
 }
 
+// ---------------------------------------------------------------- publisher flow control
+
+fn flows(fx: &[Effect]) -> usize {
+    fx.iter()
+        .filter(|e| matches!(e, Effect::Flow { conn } if *conn == C.conn))
+        .count()
+}
+
+/// A queue whose consumers hold their whole prefetch and leave FLOW_BACKLOG ready messages
+/// slows its publishers: one `Flow` per entry for the publishing connection, none while the
+/// backlog is smaller, and none for a queue without consumers (filling a queue to be read
+/// later is not throttled).
+#[test]
+fn a_backlog_in_a_queue_with_consumers_slows_its_publishers_once_per_entry() {
+    let mut b = Broker::new();
+    b.queue(C, "slow");
+    b.queue(C, "store");
+    b.one(qos(C, 1, false));
+    b.one(consume(C, "slow", "c1", false));
+    // The consumer takes one; the rest wait.
+    let below: Vec<Command> = (0..=super::FLOW_BACKLOG)
+        .map(|n| publish(C, "", "slow", &n.to_string()))
+        .collect();
+    let fx = b.run(below);
+    assert_eq!(b.ready("slow"), super::FLOW_BACKLOG);
+    // The entry's last publish made the backlog reach the mark: one Flow.
+    assert_eq!(flows(&fx), 1);
+    let fx = b.run(vec![
+        publish(C, "", "slow", "x"),
+        publish(C, "", "slow", "y"),
+        publish(C, "", "slow", "z"),
+    ]);
+    assert_eq!(flows(&fx), 1, "one per entry, not one per publish");
+    // Without consumers, a backlog is just a queue being filled.
+    let fill: Vec<Command> = (0..super::FLOW_BACKLOG + 10)
+        .map(|n| publish(C, "", "store", &n.to_string()))
+        .collect();
+    assert_eq!(flows(&b.run(fill)), 0);
+    // Once the consumer is gone from "slow", its backlog no longer slows anyone.
+    b.one(Command::Cancel {
+        ch: C,
+        consumer_tag: "c1".into(),
+        nowait: false,
+    });
+    assert_eq!(flows(&b.one(publish(C, "", "slow", "w"))), 0);
+}
+
 // ---------------------------------------------------------------- consumers and acks
 
 /// https://www.rabbitmq.com/docs/confirms#automatic-requeueing (back in place, redelivered)
