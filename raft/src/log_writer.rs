@@ -35,10 +35,29 @@ struct Job {
     done: Done,
 }
 
-/// The queue to the writer thread. Clones share it; the thread ends when the last is dropped.
+/// The queue to the writer thread. Clones share it; dropping the last one closes the queue
+/// and waits for the thread to write what is queued and end, so the thread never outlives the
+/// stores that feed it (a thread still holding the database while the process exits makes
+/// RocksDB abort).
 #[derive(Clone)]
 pub(crate) struct LogWriter {
-    jobs: mpsc::Sender<Job>,
+    thread: Arc<WriterThread>,
+}
+
+struct WriterThread {
+    jobs: Option<mpsc::Sender<Job>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WriterThread {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(handle) = self.handle.take() {
+            if handle.join().is_err() {
+                tracing::error!("the raft log's writer thread panicked");
+            }
+        }
+    }
 }
 
 /// Most jobs one fsync covers; a bound on how long the first of them waits for its callback.
@@ -50,11 +69,16 @@ impl LogWriter {
         recent: Arc<Mutex<RecentLog>>,
     ) -> Result<LogWriter, StoreError> {
         let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || write_loop(&db, &recent, &queue))
             .map_err(StoreError::Thread)?;
-        Ok(LogWriter { jobs })
+        Ok(LogWriter {
+            thread: Arc::new(WriterThread {
+                jobs: Some(jobs),
+                handle: Some(handle),
+            }),
+        })
     }
 
     /// Queues a write; `done` hears of it when it (and its fsync, if `sync`) is complete.
@@ -64,7 +88,10 @@ impl LogWriter {
         sync: bool,
         done: Done,
     ) -> Result<(), StoreError> {
-        self.jobs
+        self.thread
+            .jobs
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
             .send(Job { batch, sync, done })
             .map_err(|_| StoreError::WriterGone)
     }
