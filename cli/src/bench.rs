@@ -489,6 +489,15 @@ async fn run_async(args: Arc<BenchArgs>) -> Result<Report> {
         shared.confirmed.load(Ordering::Relaxed),
         shared.consumed.load(Ordering::Relaxed),
     );
+    // A pause that lasts to the end of the run counts too (no confirm closed it): a failover
+    // that never finished must not read as no pause at all.
+    let last_confirm = shared.last_confirm_us.load(Ordering::Relaxed);
+    if args.confirm > 0 && last_confirm > 0 {
+        let now = shared.start.elapsed().as_micros() as u64;
+        shared
+            .max_confirm_gap_us
+            .fetch_max(now.saturating_sub(last_confirm), Ordering::Relaxed);
+    }
     shared.stop.store(true, Ordering::Relaxed);
     for p in producers {
         let _ = p.await;

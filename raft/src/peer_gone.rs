@@ -137,6 +137,20 @@ async fn campaign(raft: &Raft, at_loss: &RaftMetrics, dead: NodeId, inter_az_del
     let until = Instant::now() + CAMPAIGN_FOR;
     let mut metrics = raft.metrics();
     loop {
+        // Another survivor is already campaigning (this node voted for it in a term newer than
+        // the dead leader's) or leading: campaigning against it would only depose it, and two
+        // survivors that keep deposing each other elect nobody. Its win or openraft's election
+        // timeout finishes the job.
+        let vote = metrics.borrow().vote;
+        if vote.leader_id.node_id != at_loss.id && vote.leader_id.term > at_loss.vote.leader_id.term
+        {
+            tracing::info!(
+                candidate = vote.leader_id.node_id,
+                term = vote.leader_id.term,
+                "another member is campaigning; not competing"
+            );
+            return;
+        }
         if let Err(e) = raft.trigger().elect().await {
             tracing::warn!(error = %e, "could not start an election");
             return;
