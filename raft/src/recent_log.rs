@@ -123,22 +123,15 @@ impl RecentLog {
     /// the front while over the limits. An id that no longer matches (the entry was truncated
     /// and replaced meanwhile) is left alone.
     pub(crate) fn mark_durable(&mut self, ids: &[LogId]) {
-        if let (Some(first), Some(id)) = (self.first_index(), ids.first()) {
-            let mut at = id.index.checked_sub(first).map(|a| a as usize);
+        if let Some(first) = self.first_index() {
             for id in ids {
-                match at {
-                    Some(i) => {
-                        if let Some(slot) = self.slots.get_mut(i) {
-                            if slot.entry.log_id == *id {
-                                slot.durable = true;
-                            }
-                        }
-                        at = Some(i + 1);
-                    }
-                    None => {
-                        // Before the run's start: already dropped.
-                        at = (id.index + 1).checked_sub(first).map(|a| a as usize);
-                    }
+                // An id before the run's start was dropped already.
+                let slot = id
+                    .index
+                    .checked_sub(first)
+                    .and_then(|at| self.slots.get_mut(at as usize));
+                if let Some(slot) = slot.filter(|s| s.entry.log_id == *id) {
+                    slot.durable = true;
                 }
             }
         }

@@ -397,14 +397,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let logs = cf(&self.db, CF_LOGS);
-        let mut ids = Vec::new();
+        let entries: Vec<LogEntry> = entries.into_iter().collect();
+        // Encoded before the in-memory tail is locked: readers (apply, replication) need not
+        // wait for the bodies to be copied.
+        for entry in &entries {
+            let value = encode_log_entry(entry)
+                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+            batch.put_cf(logs, index_key(entry.log_id.index), value);
+        }
+        let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
         {
             let mut recent = self.recent();
             for entry in entries {
-                let value = encode_log_entry(&entry)
-                    .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-                batch.put_cf(logs, index_key(entry.log_id.index), value);
-                ids.push(entry.log_id);
                 recent.push(entry);
             }
         }

@@ -105,8 +105,8 @@ pub enum Effect {
     /// Publisher flow control: this connection published into a queue that has consumers and
     /// a backlog they are not taking ([`FLOW_BACKLOG`](super::FLOW_BACKLOG) ready messages or
     /// more). The connection pauses reading its socket for a moment, so a publisher cannot run
-    /// ever further ahead of the queue's consumers (RabbitMQ's "flow" state). At most one per
-    /// connection per log entry.
+    /// ever further ahead of the queue's consumers (RabbitMQ's "flow" state). Not repeated for
+    /// a connection's consecutive publishes within one log entry.
     Flow {
         conn: ConnId,
     },

@@ -104,7 +104,8 @@ pub(crate) struct Ctx {
     pub fx: Vec<Effect>,
     pub dirty: BTreeSet<u64>,
     pub dead: VecDeque<DeadLetter>,
-    /// The connection most recently told to slow down in this entry (`Effect::Flow`).
+    /// The connection most recently told to slow down in this entry (`Effect::Flow`), so that
+    /// a run of its publishes brings one `Flow`, not one each.
     pub flow_told: Option<ConnId>,
 }
 
