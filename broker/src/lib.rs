@@ -3,6 +3,7 @@
 //!
 //! - [`ids`]: who a command came from and whom an effect is for.
 //! - [`reply_code`]: AMQP reply codes and RabbitMQ's reply-text shape.
+//! - [`shared_bytes`]: message bodies decoded as slices of a snapshot or log buffer.
 //! - [`machine`]: the PURE state machine (`Command` in, `Effect`s out): exchanges, routing,
 //!   queues, consumers, TTL, dead-lettering. Deterministic; replicated by the log.
 //! - [`log`]: the boundary to the log: a `Proposer` to submit commands, an `EffectSink` that
@@ -18,6 +19,7 @@ pub mod log;
 pub mod machine;
 pub mod protocol;
 pub mod reply_code;
+pub mod shared_bytes;
 
 // The socket-facing half. `machine_only` lets the state machine be built and tested on its
 // own while these change.

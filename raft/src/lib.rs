@@ -33,6 +33,7 @@ mod proposer;
 mod recent_log;
 pub mod shared;
 mod snapshot_files;
+mod snapshot_trigger;
 pub mod state_machine;
 pub mod store;
 pub mod transport;
@@ -42,6 +43,7 @@ pub use cluster::{ClusterAdmin, ClusterStatus, MemberStatus};
 pub use lock::{DataDirLock, LockError};
 pub use node::{LogConfig, LogNode, LogOpenError, LogStatus, ProposeError, Role};
 pub use shared::{ActiveLease, LeaseInfo, SharedDir, SharedError};
+pub use snapshot_trigger::SnapshotBySize;
 pub use transport::Direction;
 pub use types::{NodeInfo, TypeConfig};
 

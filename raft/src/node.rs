@@ -10,6 +10,7 @@ use crate::cluster::{self, ClusterAdmin};
 use crate::lock::{DataDirLock, LockError};
 use crate::network::TcpNetwork;
 use crate::proposer::{BatchLimits, Batcher, Control, Router};
+use crate::snapshot_trigger::SnapshotBySize;
 use crate::state_machine::{open_stores, Applied, ApplyStats};
 use crate::store::{open_db, StoreError};
 use crate::transport::{server, Transport, TransportConfig};
@@ -70,6 +71,8 @@ pub struct LogConfig {
     pub tick_interval: Duration,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_every_entries: u64,
+    /// Also build one when the log since the last one is large (`snapshot_trigger`).
+    pub snapshot_by_size: SnapshotBySize,
     /// Log entries kept after a snapshot (so a slightly lagging follower can catch up from the
     /// log instead of a snapshot).
     pub logs_kept_after_snapshot: u64,
@@ -101,6 +104,12 @@ impl LogConfig {
             max_entries_in_flight: 1,
             tick_interval: Duration::from_millis(100),
             snapshot_every_entries: 20_000,
+            // Measured with a million 1 KiB messages queued (docs/benchmarks.md, h): loading a
+            // message from a snapshot costs about a sixth of replaying it from the log.
+            snapshot_by_size: SnapshotBySize {
+                min_bytes: 64 * 1024 * 1024,
+                fraction_of_last: 0.5,
+            },
             logs_kept_after_snapshot: 1_000,
             // openraft times an AppendEntries out after one heartbeat interval; it includes the
             // follower's fsync, so it must not be too short.
@@ -360,13 +369,16 @@ impl LogNode {
             dir: dir.clone(),
             source,
         };
+        let opening = std::time::Instant::now();
         let db = tokio::task::spawn_blocking(move || open_db(&db_path))
             .await
             .map_err(|e| store_err(StoreError::Join(e)))?
             .map_err(store_err)?;
+        tracing::info!(ms = opening.elapsed().as_millis() as u64, "database open");
         let (log_store, sm) = open_stores(db.clone(), sink.clone()).map_err(store_err)?;
         let applied = sm.applied();
         let stats = sm.stats();
+        let stats_for_trigger = stats.clone();
 
         let transport = Arc::new(Transport::new(TransportConfig {
             node_id: config.node_id,
@@ -398,7 +410,15 @@ impl LogNode {
         let (done_tx, done_rx) = mpsc::channel(1);
         let (control, control_rx) = mpsc::channel(4);
         let (life_lost, _) = watch::channel(0);
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(
+            crate::snapshot_trigger::watch(
+                raft.clone(),
+                stats_for_trigger,
+                config.snapshot_by_size,
+                stop.subscribe(),
+            )
+            .instrument(span.clone()),
+        )];
         if let Some(listener) = raft_listener {
             let handler: Arc<dyn server::AdminHandler> = admin.clone();
             tasks.push(tokio::spawn(
@@ -716,6 +736,18 @@ impl LogNode {
         if let Err(e) = db.flush_wal(true) {
             tracing::warn!(error = %e, "flushing the write-ahead log at shutdown failed");
         }
+        // Write the memtables out, so that the next open has no write-ahead log to replay:
+        // after a large backlog that replay took most of a second of the restart.
+        let flushing = std::time::Instant::now();
+        for name in crate::store::COLUMN_FAMILIES {
+            if let Err(e) = db.flush_cf(crate::store::cf(&db, name)) {
+                tracing::warn!(error = %e, cf = name, "flushing a memtable at shutdown failed");
+            }
+        }
+        tracing::info!(
+            ms = flushing.elapsed().as_millis() as u64,
+            "memtables flushed"
+        );
         match Arc::try_unwrap(db) {
             Ok(db) => drop(db),
             Err(db) => {

@@ -8,9 +8,12 @@
 //! and handed to openraft as an open file that it streams to a follower in chunks.
 //!
 //! Writes are atomic and durable: a temporary file, fsync, rename, fsync of the directory.
-//! Only then does the meta point at it; files that no meta points at are removed.
+//! Only then does the meta point at it; files that no meta points at are removed. A file is
+//! never changed once renamed into place, so it can be mapped into memory and decoded without
+//! copying its message bodies (`map`).
 
 use crate::types::SnapshotMeta;
+use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,6 +85,25 @@ impl SnapshotFiles {
     pub(crate) fn adopt(&self, temp: &Path, meta: &SnapshotMeta) -> std::io::Result<()> {
         fs::rename(temp, self.path(meta))?;
         File::open(&self.dir)?.sync_all()
+    }
+
+    /// The snapshot file at `path` mapped into memory, as bytes that messages decoded from it
+    /// can share (see `raftmq_broker::shared_bytes`): a restart does not read or copy the
+    /// queued bodies, the kernel pages them in from the page cache when touched. The mapping
+    /// lives while any message decoded from it does; a later snapshot unlinks the file, and the
+    /// disk space returns when the last such message is gone.
+    pub(crate) fn map(path: &Path) -> std::io::Result<Bytes> {
+        SnapshotFiles::map_file(&File::open(path)?)
+    }
+
+    /// `map` of a snapshot file already open.
+    pub(crate) fn map_file(file: &File) -> std::io::Result<Bytes> {
+        // SAFETY: a mapped file that is truncated or rewritten under the mapping would change
+        // memory behind Rust's back (or fault). Snapshot files are never written in place:
+        // each one is written (or received) under a temporary name, synced, then renamed into
+        // place, and afterwards only unlinked, which leaves a mapping intact.
+        let map = unsafe { memmap2::Mmap::map(file)? };
+        Ok(Bytes::from_owner(map))
     }
 
     /// Removes every snapshot file but `keep` (and every leftover temporary file).

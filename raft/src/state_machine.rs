@@ -18,6 +18,7 @@ use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
 use raftmq_broker::log::EffectSink;
 use raftmq_broker::machine::State;
+use raftmq_broker::shared_bytes;
 use rocksdb::{WriteBatch, DB};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +44,12 @@ pub struct ApplyStats {
     pub entries: AtomicU64,
     /// Commands applied.
     pub commands: AtomicU64,
+    /// Bytes of log (by `Entry::approx_size`) applied since the state of the last snapshot.
+    pub bytes_since_snapshot: AtomicU64,
+    /// Size of the last snapshot built, installed or loaded.
+    pub last_snapshot_bytes: AtomicU64,
+    /// Snapshot builds started since open.
+    pub snapshots_started: AtomicU64,
 }
 
 fn io_err(
@@ -74,17 +81,22 @@ impl StateMachineStore {
         sink: Arc<dyn EffectSink>,
     ) -> Result<StateMachineStore, StoreError> {
         let mut applied = Applied::default();
+        let stats = Arc::new(ApplyStats::default());
         let files =
             SnapshotFiles::beside(db.path()).map_err(StoreError::snapshot_file(db.path()))?;
+        let loading = std::time::Instant::now();
         if let Some(meta) = read_snapshot_meta(&db)? {
             migrate_snapshot_value(&db, &files, &meta)?;
             let path = files.path(&meta);
-            let data = std::fs::read(&path).map_err(StoreError::snapshot_file(&path))?;
-            applied.state =
-                State::decode_snapshot(&data).map_err(|e| StoreError::corrupt("snapshot", e))?;
+            let data = SnapshotFiles::map(&path).map_err(StoreError::snapshot_file(&path))?;
+            applied.state = shared_bytes::decode_from(&data, State::decode_snapshot)
+                .map_err(|e| StoreError::corrupt("snapshot", e))?;
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership.clone();
-            tracing::info!(snapshot = %meta.snapshot_id, last_index = applied.state.last_index, bytes = data.len(), "loaded snapshot");
+            stats
+                .last_snapshot_bytes
+                .store(data.len() as u64, Ordering::Relaxed);
+            tracing::info!(snapshot = %meta.snapshot_id, last_index = applied.state.last_index, bytes = data.len(), ms = loading.elapsed().as_millis() as u64, "loaded snapshot");
             files.remove_all_but(Some(&meta));
         } else {
             files.remove_all_but(None);
@@ -92,7 +104,7 @@ impl StateMachineStore {
         Ok(StateMachineStore {
             db,
             applied: Arc::new(RwLock::new(applied)),
-            stats: Arc::new(ApplyStats::default()),
+            stats,
             sink,
             snapshot_write: Arc::new(tokio::sync::Mutex::new(())),
             files: Arc::new(files),
@@ -215,6 +227,7 @@ pub struct SnapshotBuilder {
     db: Arc<DB>,
     files: Arc<SnapshotFiles>,
     snapshot_write: Arc<tokio::sync::Mutex<()>>,
+    stats: Arc<ApplyStats>,
     state: State,
     last_applied: Option<LogId>,
     last_membership: StoredMembership,
@@ -262,6 +275,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 })?;
             return open_snapshot(&self.files, current).await;
         }
+        self.stats
+            .last_snapshot_bytes
+            .store(bytes as u64, Ordering::Relaxed);
         tracing::info!(snapshot = %meta, bytes, "built snapshot");
         open_snapshot(&self.files, meta).await
     }
@@ -282,7 +298,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut responses = Vec::new();
         let mut effects_per_entry = Vec::new();
-        let (mut entry_count, mut command_count) = (0u64, 0u64);
+        let (mut entry_count, mut command_count, mut bytes) = (0u64, 0u64, 0u64);
         {
             let mut applied = self.applied.write().unwrap_or_else(|p| p.into_inner());
             for entry in entries {
@@ -292,6 +308,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         let effects = applied.state.apply(entry.log_id.index, batch);
                         entry_count += 1;
                         command_count += batch.commands.len() as u64;
+                        bytes += batch.approx_size() as u64;
                         if !effects.is_empty() {
                             effects_per_entry.push(effects);
                         }
@@ -309,6 +326,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.stats
             .commands
             .fetch_add(command_count, Ordering::Relaxed);
+        self.stats
+            .bytes_since_snapshot
+            .fetch_add(bytes, Ordering::Relaxed);
         // Effects leave after the lock is released (the sink must not block, but a reader of the
         // state should not wait for dispatch either), one call per entry, in log order.
         for effects in effects_per_entry {
@@ -320,10 +340,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // Runs on the state-machine task between applies, so this copy is a consistent cut.
         let applied = self.read_applied();
+        // The cut: what is applied from here on is log after this snapshot.
+        self.stats.bytes_since_snapshot.store(0, Ordering::Relaxed);
+        self.stats.snapshots_started.fetch_add(1, Ordering::Relaxed);
         SnapshotBuilder {
             db: self.db.clone(),
             files: self.files.clone(),
             snapshot_write: self.snapshot_write.clone(),
+            stats: self.stats.clone(),
             state: applied.state.clone(),
             last_applied: applied.last_applied,
             last_membership: applied.last_membership.clone(),
@@ -348,9 +372,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        mut snapshot: Box<tokio::fs::File>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let failed = |verb, e: std::io::Error| {
             io_err(ErrorSubject::Snapshot(Some(meta.signature())), verb, e)
         };
@@ -358,43 +381,40 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .sync_all()
             .await
             .map_err(|e| failed(ErrorVerb::Write, e))?;
-        snapshot
-            .seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(|e| failed(ErrorVerb::Read, e))?;
-        let mut data = Vec::new();
-        snapshot
-            .read_to_end(&mut data)
-            .await
-            .map_err(|e| failed(ErrorVerb::Read, e))?;
-        drop(snapshot);
-        let state = State::decode_snapshot(&data).map_err(|e| {
+        let file = snapshot.into_std().await;
+        // Complete and synced, so no longer written: the messages may share the mapping.
+        let data = SnapshotFiles::map_file(&file).map_err(|e| failed(ErrorVerb::Read, e))?;
+        let snapshot_bytes = data.len() as u64;
+        let state = shared_bytes::decode_from(&data, State::decode_snapshot).map_err(|e| {
             io_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Read,
                 e,
             )
         })?;
-        drop(data);
-        // The received file becomes the stored snapshot as it is. Persist first, then switch
-        // the in-memory state: a crash in between restarts from the installed snapshot, which
-        // is what the leader asked for.
-        let temp = self.receiving.take().ok_or_else(|| {
-            failed(
-                ErrorVerb::Write,
-                std::io::Error::other("no snapshot is being received"),
-            )
-        })?;
+        // The file received from the leader becomes the stored snapshot as it is. A snapshot
+        // handed over otherwise (openraft's storage tests do) is written out as a new file.
+        let received = self.receiving.take().filter(|path| same_file(path, &file));
+        drop(file);
+        // Persist first, then switch the in-memory state: a crash in between restarts from
+        // the installed snapshot, which is what the leader asked for.
         let file_meta = meta.clone();
         persist_snapshot(
             &self.db,
             &self.files,
             &self.snapshot_write,
             meta,
-            move |files| files.adopt(&temp, &file_meta),
+            move |files| match received {
+                Some(temp) => files.adopt(&temp, &file_meta),
+                None => files.write(&file_meta, &data),
+            },
         )
         .await?;
         let mut applied = self.applied.write().unwrap_or_else(|p| p.into_inner());
+        self.stats.bytes_since_snapshot.store(0, Ordering::Relaxed);
+        self.stats
+            .last_snapshot_bytes
+            .store(snapshot_bytes, Ordering::Relaxed);
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
@@ -415,6 +435,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Some(meta) => open_snapshot(&self.files, meta).await.map(Some),
             None => Ok(None),
         }
+    }
+}
+
+/// Whether `path` names the open `file`.
+fn same_file(path: &std::path::Path, file: &std::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

@@ -13,14 +13,17 @@
 use crate::log_writer::{Done, LogWriter};
 use crate::recent_log::{RecentLimits, RecentLog};
 use crate::types::{LogEntry, LogId, NodeInfo, StorageError, TypeConfig, Vote};
+use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, Membership, OptionalSend, StorageIOError,
 };
 use raftmq_broker::ids::NodeId;
 use raftmq_broker::machine::command::Entry as CommandBatch;
+use raftmq_broker::shared_bytes;
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
 };
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -31,6 +34,7 @@ use thiserror::Error;
 pub(crate) const CF_LOGS: &str = "logs";
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_SM: &str = "sm";
+pub(crate) const COLUMN_FAMILIES: [&str; 3] = [CF_LOGS, CF_META, CF_SM];
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
@@ -90,10 +94,22 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
+    // Table files are read through a memory map: reading the log back (a restart's replay, a
+    // lagging follower) then copies each value once, instead of copying blocks out of the
+    // page cache first. It spent a fifth of a restart in pread.
+    opts.set_allow_mmap_reads(true);
     // The write-ahead log is what makes a synced write durable; keep RocksDB's defaults for it
     // (enabled, flushed on every write) and never disable it for any column family.
-    let cfs =
-        [CF_LOGS, CF_META, CF_SM].map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs = COLUMN_FAMILIES.map(|name| {
+        let mut cf_opts = Options::default();
+        if name == CF_LOGS {
+            // Log entries are mostly message bodies, which rarely compress: compressing them
+            // cost CPU at every flush and compaction and at every read-back (a restart spent a
+            // quarter of its time in LZ4) for little space.
+            cf_opts.set_compression_type(DBCompressionType::None);
+        }
+        ColumnFamilyDescriptor::new(name, cf_opts)
+    });
     let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Open {
         path: path.display().to_string(),
         source,
@@ -278,7 +294,9 @@ impl LogStore {
             if !in_range {
                 break;
             }
-            entries.push(decode_log_entry(&value)?);
+            // The value becomes the buffer its bodies are slices of (`shared_bytes`).
+            let value = Bytes::from(value);
+            entries.push(shared_bytes::decode_from(&value, decode_log_entry)?);
         }
         Ok(entries)
     }

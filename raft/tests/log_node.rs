@@ -2,12 +2,13 @@
 //! propose through the group-commit batcher, apply, restart from snapshot + log, refuse a second
 //! process on the same directory, and fail connections whose entries cannot be written.
 
+use bytes::Bytes;
 use raftmq_broker::ids::{ChannelRef, ConnId};
 use raftmq_broker::log::{proposal_channel, EffectSink};
-use raftmq_broker::machine::command::Command;
+use raftmq_broker::machine::command::{Command, Publish, PublishedMessage};
 use raftmq_broker::machine::effect::Effect;
 use raftmq_broker::reply_code::CONNECTION_FORCED;
-use raftmq_raft::{LogConfig, LogNode, LogOpenError, NodeInfo, Role};
+use raftmq_raft::{LogConfig, LogNode, LogOpenError, NodeInfo, Role, SnapshotBySize};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -201,6 +202,100 @@ async fn reopening_restores_the_state_from_snapshot_and_log() {
         "the machine's clock is restored exactly"
     );
     assert_eq!(after.last_index, applied_index(&node));
+    node.shutdown().await;
+}
+
+fn publish(seq: u64, queue: &str, body: Vec<u8>) -> Command {
+    Command::Publish {
+        ch: ChannelRef {
+            conn: conn(seq),
+            number: 1,
+            generation: 0,
+        },
+        publish: Publish {
+            exchange: String::new(),
+            routing_key: queue.to_string(),
+            mandatory: false,
+            confirm_seq: None,
+            message: PublishedMessage {
+                properties: Bytes::from_static(&[0, 0]),
+                body: Bytes::from(body),
+                persistent: true,
+                priority: 0,
+                expiration_ms: None,
+            },
+        },
+    }
+}
+
+fn body(i: u64) -> Vec<u8> {
+    let mut body = format!("message {i} ").into_bytes();
+    body.resize(4096, (i % 251) as u8);
+    body
+}
+
+/// The bodies of a queue's ready messages, in order.
+fn bodies(node: &LogNode, queue: &str) -> Vec<Vec<u8>> {
+    node.read_state(|s| {
+        s.queue(queue)
+            .map(|q| q.ready.values().map(|m| m.body.to_vec()).collect())
+            .unwrap_or_default()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_log_is_snapshotted_by_size_and_restored_with_every_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Never by entry count here: only the size rule can take these snapshots.
+    cfg.snapshot_every_entries = 1_000_000;
+    cfg.snapshot_by_size = SnapshotBySize {
+        min_bytes: 256 * 1024,
+        fraction_of_last: 0.5,
+    };
+    cfg.tick_interval = Duration::from_secs(3600);
+
+    let node = LogNode::open(cfg.clone(), Arc::new(RecordingSink::default()))
+        .await
+        .expect("open");
+    let (proposer, proposals) = proposal_channel(1024);
+    let _task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
+    proposer.submit(queue_declare(1, "big")).await.unwrap();
+    // 600 messages of 4 KiB: 2.4 MiB of log, several times the minimum.
+    for i in 0..600 {
+        proposer.submit(publish(1, "big", body(i))).await.unwrap();
+    }
+    let status = node.status();
+    wait_until("600 messages queued", Duration::from_secs(20), || {
+        bodies(&node, "big").len() == 600
+    })
+    .await;
+    wait_until("a snapshot by size", Duration::from_secs(20), || {
+        status.metrics().snapshot.is_some()
+    })
+    .await;
+    let snapshot_index = status.metrics().snapshot.map(|s| s.index).unwrap();
+    assert!(
+        snapshot_index < 1_000_000,
+        "taken although the entry count is far below its policy"
+    );
+    let before = bodies(&node, "big");
+    node.shutdown().await;
+
+    let node = LogNode::open(cfg, Arc::new(RecordingSink::default()))
+        .await
+        .expect("reopen");
+    assert!(
+        node.metrics().snapshot.is_some(),
+        "the snapshot survived the restart"
+    );
+    let after = bodies(&node, "big");
+    assert_eq!(after.len(), 600);
+    assert!(after == before, "every body is back, in order");
+    for (i, b) in after.iter().enumerate() {
+        assert_eq!(b, &body(i as u64), "message {i}");
+    }
     node.shutdown().await;
 }
 

@@ -102,7 +102,9 @@ impl Entry {
 /// the connection before proposing, so `apply` does not parse on the hot path.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PublishedMessage {
+    #[serde(with = "crate::shared_bytes")]
     pub properties: Bytes,
+    #[serde(with = "crate::shared_bytes")]
     pub body: Bytes,
     /// delivery_mode == 2
     pub persistent: bool,

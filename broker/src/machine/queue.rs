@@ -24,7 +24,9 @@ pub struct QueuedMessage {
     /// The exchange and routing key it was published (or dead-lettered) with.
     pub exchange: String,
     pub routing_key: String,
+    #[serde(with = "crate::shared_bytes")]
     pub properties: Bytes,
+    #[serde(with = "crate::shared_bytes")]
     pub body: Bytes,
     pub persistent: bool,
     /// The priority property (0 when absent), kept for dead-lettering.
