@@ -15,7 +15,7 @@
 use crate::types::SnapshotMeta;
 use bytes::Bytes;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -70,12 +70,25 @@ impl SnapshotFiles {
 
     /// Writes `data` as the snapshot of `meta`, durably.
     pub(crate) fn write(&self, meta: &SnapshotMeta, data: &[u8]) -> std::io::Result<()> {
+        self.write_with(meta, |out| out.write_all(data))
+    }
+
+    /// Writes the snapshot of `meta` durably, its bytes produced by `fill` straight into the
+    /// (buffered) file: a snapshot can be gigabytes, and encoding it into memory first doubled
+    /// the process's memory while one was taken.
+    pub(crate) fn write_with(
+        &self,
+        meta: &SnapshotMeta,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let temp = self.temp_path();
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)?;
-        file.write_all(data)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        fill(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
         self.adopt(&temp, meta)

@@ -236,9 +236,6 @@ pub struct SnapshotBuilder {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let state = std::mem::take(&mut self.state);
-        let data = tokio::task::spawn_blocking(move || state.encode_snapshot())
-            .await
-            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Read, e))?;
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -252,14 +249,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.last_membership.clone(),
             snapshot_id,
         };
-        let bytes = data.len();
         let file_meta = meta.clone();
+        // Encoded straight into the file, on the blocking pool; applying carries on meanwhile.
         let stored = persist_snapshot(
             &self.db,
             &self.files,
             &self.snapshot_write,
             &meta,
-            move |files| files.write(&file_meta, &data),
+            move |files| files.write_with(&file_meta, |out| state.encode_snapshot_to(out)),
         )
         .await?;
         if !stored {
@@ -275,9 +272,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 })?;
             return open_snapshot(&self.files, current).await;
         }
+        let bytes = std::fs::metadata(self.files.path(&meta)).map_or(0, |m| m.len());
         self.stats
             .last_snapshot_bytes
-            .store(bytes as u64, Ordering::Relaxed);
+            .store(bytes, Ordering::Relaxed);
         tracing::info!(snapshot = %meta, bytes, "built snapshot");
         open_snapshot(&self.files, meta).await
     }

@@ -237,6 +237,14 @@ impl State {
         postcard::to_extend(self, vec![SNAPSHOT_FORMAT_VERSION]).expect("state serializes")
     }
 
+    /// `encode_snapshot` written to `out` as it is produced, without a buffer of the whole.
+    pub fn encode_snapshot_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        out.write_all(&[SNAPSHOT_FORMAT_VERSION])?;
+        postcard::to_io(self, out)
+            .map(|_| ())
+            .map_err(std::io::Error::other)
+    }
+
     pub fn decode_snapshot(bytes: &[u8]) -> Result<State, command::EntryDecodeError> {
         match bytes.split_first() {
             None => Err(command::EntryDecodeError::Empty),

@@ -684,7 +684,13 @@ proptest! {
         for (n, entry) in entries[..cut].iter().enumerate() {
             first.apply(n as u64 + 1, entry);
         }
-        let mut restored = State::decode_snapshot(&first.encode_snapshot()).expect("snapshot decodes");
+        // Streamed as a node writes it, decoded as a restart maps it (bodies shared).
+        let mut streamed = Vec::new();
+        first.encode_snapshot_to(&mut streamed).expect("snapshot encodes");
+        prop_assert_eq!(&streamed, &first.encode_snapshot());
+        let streamed = bytes::Bytes::from(streamed);
+        let mut restored = crate::shared_bytes::decode_from(&streamed, State::decode_snapshot)
+            .expect("snapshot decodes");
         prop_assert_eq!(&restored, &first);
         for (n, entry) in entries.iter().enumerate().skip(cut) {
             let fx = restored.apply(n as u64 + 1, entry);
