@@ -3,7 +3,8 @@
 # each scenario runs against both brokers alternately for several rounds; the table shows the
 # medians and their ratio (RaftMQ / RabbitMQ). Installs rabbitmq-server from Debian's packages
 # if missing (without starting its system service), runs private nodes on side ports in a
-# temporary directory, and stops every process it started, by pid.
+# temporary directory, and stops every process it started, by pid. While one broker is measured
+# the other's processes are frozen (SIGSTOP/SIGCONT), so neither takes CPU from the other.
 #
 # Scenarios (issue 5):
 #   a  1 producer, 1 consumer, 16-byte transient messages, no confirms
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS="$2"; shift 2 ;;
     --h-messages) H_MESSAGES="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +53,7 @@ EPMD_BEFORE="$(pgrep -x epmd || true)"
 stop_one() {  # name [signal]
   local name=$1 sig=${2:-KILL} p=${PID[$1]:-}
   [ -n "$p" ] || return 0
+  kill -CONT -- "-$p" 2>/dev/null || true   # a frozen process would not act on TERM
   kill -s "$sig" -- "-$p" 2>/dev/null || kill -s "$sig" "$p" 2>/dev/null || true
   for _ in $(seq 1 300); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   kill -KILL -- "-$p" 2>/dev/null || true
@@ -145,10 +147,26 @@ rss_kib() {  # pid: resident memory of the process group led by pid, KiB
   echo "$total"
 }
 
+# While one broker is measured, the other one's processes are frozen (SIGSTOP, then SIGCONT):
+# with both running, the idle one still took CPU from the measured one on these 2 cores (Erlang's
+# schedulers spin when idle, and a RabbitMQ node tidies its queue files after a round), which
+# made the same RaftMQ build measure 13-16k msg/s in g beside RabbitMQ and 21-24k alone.
+others() {  # broker: process-group leaders of the other broker's running nodes
+  local k
+  for k in "${!PID[@]}"; do
+    case "$1:$k" in rabbitmq:raftmq*|raftmq:rabbit*) echo "${PID[$k]}" ;; esac
+  done
+}
+freeze_others() { local p; for p in $(others "$1"); do kill -STOP -- "-$p" 2>/dev/null || true; done; }
+thaw_others() { local p; for p in $(others "$1"); do kill -CONT -- "-$p" 2>/dev/null || true; done; }
+
 bench() {  # scenario broker uris -- bench flags...
   local scenario=$1 broker=$2 uris=$3; shift 4
   local json
-  json="$("$BIN" bench --uri "$uris" --duration "$SECS" --json --queue-prefix "${PREFIX:-cmp-$scenario-$RANDOM}" "$@")"
+  freeze_others "$broker"
+  json="$("$BIN" bench --uri "$uris" --duration "$SECS" --json --queue-prefix "${PREFIX:-cmp-$scenario-$RANDOM}" "$@")" \
+    || { thaw_others "$broker"; return 1; }
+  thaw_others "$broker"
   python3 - "$scenario" "$broker" "$json" >> "$RESULTS" <<'PY'
 import json, sys
 scenario, broker, report = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
