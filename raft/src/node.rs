@@ -383,7 +383,6 @@ impl LogNode {
         let (log_store, sm) = open_stores(db.clone(), sink.clone()).map_err(store_err)?;
         let applied = sm.applied();
         let stats = sm.stats();
-        let stats_for_trigger = stats.clone();
 
         let transport = Arc::new(Transport::new(TransportConfig {
             node_id: config.node_id,
@@ -418,7 +417,7 @@ impl LogNode {
         let mut tasks = vec![tokio::spawn(
             crate::snapshot_trigger::watch(
                 raft.clone(),
-                stats_for_trigger,
+                status.stats.clone(),
                 config.snapshot_by_size,
                 stop.subscribe(),
             )
