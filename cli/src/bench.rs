@@ -9,6 +9,7 @@
 //! checker.
 
 use crate::args::{BenchArgs, BenchExchange, BenchQueueType};
+use crate::id_tally::IdTally;
 use anyhow::{bail, Context, Result};
 use futures::stream::{FuturesUnordered, StreamExt};
 use lapin::options::*;
@@ -17,7 +18,6 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,15 +37,21 @@ struct Shared {
     /// start): across a failover, the stall clients saw.
     last_confirm_us: AtomicU64,
     max_confirm_gap_us: AtomicU64,
-    confirmed_ids: Mutex<HashSet<u64>>,
-    /// (queue index, message id) -> deliveries.
-    seen: Mutex<HashMap<(u16, u64), u32>>,
+    /// Confirmed ids (slot 0).
+    confirmed_ids: Mutex<IdTally>,
+    /// Deliveries per (queue index, producer, sequence).
+    seen: Mutex<IdTally>,
     latencies_us: Mutex<Vec<u64>>,
     confirm_latencies_us: Mutex<Vec<u64>>,
 }
 
 fn id_of(producer: u16, seq: u64) -> u64 {
     ((producer as u64) << 48) | (seq & ((1 << 48) - 1))
+}
+
+/// (producer, sequence) of an id.
+fn split_id(id: u64) -> (usize, u64) {
+    ((id >> 48) as usize, id & ((1 << 48) - 1))
 }
 
 fn queue_name(prefix: &str, i: usize) -> String {
@@ -241,7 +247,12 @@ fn record_confirm(
     match result {
         Ok(Confirmation::Ack(_)) => {
             shared.confirmed.fetch_add(1, Ordering::Relaxed);
-            shared.confirmed_ids.lock().expect("ids").insert(id);
+            let (producer, seq) = split_id(id);
+            shared
+                .confirmed_ids
+                .lock()
+                .expect("ids")
+                .record(0, producer, seq);
             let now = shared.start.elapsed().as_micros() as u64;
             shared
                 .confirm_latencies_us
@@ -316,12 +327,12 @@ async fn consumer(
                             .lock()
                             .expect("lat")
                             .push(now.saturating_sub(sent));
-                        *shared
+                        let (producer, seq) = split_id(id);
+                        shared
                             .seen
                             .lock()
                             .expect("seen")
-                            .entry((queue_index as u16, id))
-                            .or_default() += 1;
+                            .record(queue_index, producer, seq);
                     }
                     shared.consumed.fetch_add(1, Ordering::Relaxed);
                     unacked += 1;
@@ -437,8 +448,8 @@ async fn run_async(args: Arc<BenchArgs>) -> Result<Report> {
         reconnects: AtomicU64::new(0),
         last_confirm_us: AtomicU64::new(0),
         max_confirm_gap_us: AtomicU64::new(0),
-        confirmed_ids: Mutex::new(HashSet::new()),
-        seen: Mutex::new(HashMap::new()),
+        confirmed_ids: Mutex::new(IdTally::default()),
+        seen: Mutex::new(IdTally::default()),
         latencies_us: Mutex::new(Vec::new()),
         confirm_latencies_us: Mutex::new(Vec::new()),
     });
@@ -513,8 +524,7 @@ async fn run_async(args: Arc<BenchArgs>) -> Result<Report> {
     };
     let lost = if args.consumers >= args.queues && args.confirm > 0 {
         ids.iter()
-            .map(|id| {
-                let producer = (id >> 48) as usize;
+            .map(|(_, producer, seq, _)| {
                 (0..queues_per_message)
                     .map(|q| {
                         if queues_per_message == 1 {
@@ -523,14 +533,14 @@ async fn run_async(args: Arc<BenchArgs>) -> Result<Report> {
                             q
                         }
                     })
-                    .filter(|q| !seen.contains_key(&(*q as u16, *id)))
+                    .filter(|q| seen.count(*q, producer, seq) == 0)
                     .count() as u64
             })
             .sum()
     } else {
         0
     };
-    let duplicated = seen.values().filter(|n| **n > 1).count() as u64;
+    let duplicated = seen.iter().filter(|(.., n)| *n > 1).count() as u64;
     drop(seen);
     drop(ids);
     let latencies = std::mem::take(&mut *shared.latencies_us.lock().expect("lat"));

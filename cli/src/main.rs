@@ -15,6 +15,7 @@ mod bench;
 mod cluster_cmd;
 mod config;
 mod http;
+mod id_tally;
 mod node_view;
 mod serve;
 mod standby;
