@@ -7,13 +7,18 @@
 //! takes whatever is queued and writes it with one fsync at the end: a synced RocksDB write
 //! makes its write-ahead log durable up to and including every earlier write, so this is group
 //! commit across appends. Only after that fsync are the appends' callbacks called, in order.
+//!
+//! Between groups it also drops table files that durable purges left behind (`log_reclaim`).
 
+use crate::log_reclaim::{Reclaim, DROP_SPACING};
 use crate::recent_log::RecentLog;
 use crate::store::{synced, StoreError};
 use crate::types::{LogId, TypeConfig};
 use openraft::storage::LogFlushed;
 use rocksdb::{WriteBatch, WriteOptions, DB};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Who learns that a write is done, and how.
@@ -33,6 +38,8 @@ struct Job {
     batch: WriteBatch,
     sync: bool,
     done: Done,
+    /// A purge of the log up to this index: once it is durable, its table files may go.
+    purged: Option<u64>,
 }
 
 /// The queue to the writer thread. Clones share it; dropping the last one closes the queue
@@ -92,8 +99,31 @@ impl LogWriter {
             .jobs
             .as_ref()
             .ok_or(StoreError::WriterGone)?
-            .send(Job { batch, sync, done })
+            .send(Job {
+                batch,
+                sync,
+                done,
+                purged: None,
+            })
             .map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Writes a purge of the log up to `index`, synced, and waits for it; afterwards the writer
+    /// drops the table files that hold only purged entries.
+    pub(crate) async fn purge(&self, batch: WriteBatch, index: u64) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.thread
+            .jobs
+            .as_ref()
+            .ok_or(StoreError::WriterGone)?
+            .send(Job {
+                batch,
+                sync: true,
+                done: Done::Reply(tx),
+                purged: Some(index),
+            })
+            .map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Queues a write and waits for it.
@@ -106,7 +136,23 @@ impl LogWriter {
 
 fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>) {
     let mut group = Vec::new();
-    while let Ok(first) = queue.recv() {
+    let mut reclaim = Reclaim::default();
+    loop {
+        let first = if reclaim.pending() {
+            match queue.recv_timeout(DROP_SPACING) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    reclaim.step(db, Instant::now());
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
         group.push(first);
         while group.len() < MAX_JOBS_PER_SYNC {
             match queue.try_recv() {
@@ -118,7 +164,9 @@ fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>) {
         let last = group.len() - 1;
         let mut result = Ok(());
         let mut dones = Vec::with_capacity(group.len());
+        let mut purged = None;
         for (i, job) in group.drain(..).enumerate() {
+            purged = job.purged.or(purged);
             if result.is_ok() {
                 // Durability: the group's last write is synced when any of the group asked for
                 // it, which makes every earlier write of the group durable too (one WAL).
@@ -131,7 +179,12 @@ fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>) {
             }
             dones.push(job.done);
         }
+        if let (Some(index), Ok(())) = (purged, &result) {
+            // Durable: the group ends with a synced write, since a purge asks for one.
+            reclaim.purged(index);
+        }
         finish(recent, dones, result);
+        reclaim.step(db, Instant::now());
     }
 }
 

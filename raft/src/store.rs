@@ -28,6 +28,7 @@ use rocksdb::{
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
@@ -139,11 +140,11 @@ pub(crate) fn synced() -> WriteOptions {
     opts
 }
 
-fn index_key(index: u64) -> [u8; 8] {
+pub(crate) fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-fn key_index(key: &[u8]) -> Result<u64, StoreError> {
+pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
     let bytes: [u8; 8] = key
         .try_into()
         .map_err(|_| StoreError::corrupt("log key", format!("{} bytes", key.len())))?;
@@ -243,13 +244,24 @@ pub struct LogStore {
     db: Arc<DB>,
     recent: Arc<Mutex<RecentLog>>,
     writer: LogWriter,
+    /// The first index that is not purged. A purge deletes nothing in RocksDB (its files are
+    /// dropped whole later, `log_reclaim`), so reads start here instead.
+    first_unpurged: Arc<AtomicU64>,
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<LogStore, StoreError> {
         let recent = Arc::new(Mutex::new(RecentLog::new(RecentLimits::default())));
         let writer = LogWriter::start(db.clone(), recent.clone())?;
-        Ok(LogStore { db, recent, writer })
+        let mut store = LogStore {
+            db,
+            recent,
+            writer,
+            first_unpurged: Arc::new(AtomicU64::new(0)),
+        };
+        let purged: Option<LogId> = store.get_meta(KEY_LAST_PURGED, "last purged log id")?;
+        store.first_unpurged = Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1)));
+        Ok(store)
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentLog> {
@@ -325,6 +337,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             },
             Bound::Unbounded => 0,
         };
+        let start = start.max(self.first_unpurged.load(Ordering::Acquire));
         let end = range.end_bound().cloned();
         // The newest entries come from memory; whatever lies before them is durable and read
         // from RocksDB (entries leave memory only once durable, so nothing falls in between).
@@ -356,11 +369,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged()?;
-        // With every entry purged the log is empty, and its last id is the last purged one.
+        // With every entry purged the log is empty, and its last id is the last purged one
+        // (purged entries may still be in RocksDB: a purge deletes nothing there).
         let newest = self.recent().last_log_id();
         let last_log_id = match newest {
             Some(id) => Some(id),
-            None => self.last_log_id()?.or(last_purged_log_id),
+            None => match (self.last_log_id()?, last_purged_log_id) {
+                (Some(stored), Some(purged)) if stored.index <= purged.index => Some(purged),
+                (stored, purged) => stored.or(purged),
+            },
         };
         Ok(LogState {
             last_purged_log_id,
@@ -473,23 +490,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Deletes [0, log_id.index] and records log_id as the last purged id, in one atomic
-        // batch so `get_log_state` never sees a gap without knowing why. openraft purges only
-        // entries covered by a snapshot that `state_machine.rs` has already written synced, so
-        // the purge itself need not be synced: if it is lost, the old entries come back and
-        // are simply purged again.
+        // Records log_id as the last purged id and deletes nothing: from now on reads start
+        // after it, and once the record is durable the writer drops the table files that hold
+        // only purged entries (`log_reclaim` says why there is no range delete). openraft purges
+        // only entries covered by a snapshot that `state_machine.rs` has already written
+        // synced. The record is synced too, because the files go after it: were it lost in a
+        // crash while they were gone, the log would start at an entry it no longer has.
         let value =
             encode_meta(&log_id).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_LAST_PURGED, value);
-        batch.delete_range_cf(
-            cf(&self.db, CF_LOGS),
-            index_key(0),
-            index_key(log_id.index.saturating_add(1)),
-        );
+        self.first_unpurged
+            .fetch_max(log_id.index.saturating_add(1), Ordering::AcqRel);
         self.recent().purge_upto(log_id.index);
         self.writer
-            .write(batch, false)
+            .purge(batch, log_id.index)
             .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }

@@ -1,0 +1,174 @@
+//! Gives back the disk space of purged log entries by dropping whole table files, one at a time.
+//!
+//! A purge records the last purged id and nothing else: it writes no range tombstone over the
+//! purged entries (readers skip them, see `LogStore`). A tombstone made every table file
+//! flushed after it span the key range from index 0, so each one overlapped every older file
+//! and RocksDB merged them all in real compactions: in a three-node cluster on one disk, a
+//! compaction reading 250-320 MB on every node at once, the p99 confirm latency growing from
+//! 6 to 40 ms over three runs on the same cluster. Without tombstones log keys only grow, each
+//! flushed file lies after the ones before it, and RocksDB moves files down the levels without
+//! rewriting them.
+//!
+//! Once a purge is durable, every table file that holds nothing but purged entries is dropped
+//! (`DeleteFilesInRange`, which only sees files below level 0; level-0 files move down within a
+//! few flushes and go at a later purge). Files go one at a time, apart: freeing a file's blocks
+//! on a filesystem mounted with `discard` holds up the next journal commit, and with it the
+//! log's fsync, for as long as the device takes to discard them: 42 ms for 256 MB measured here,
+//! which dropping the files of one snapshot interval at once would cost.
+
+use crate::store::{cf, key_index, CF_LOGS};
+use rocksdb::DB;
+use std::time::{Duration, Instant};
+
+/// Least time between two dropped files.
+pub(crate) const DROP_SPACING: Duration = Duration::from_millis(50);
+
+/// What is left to drop, and when the last file went.
+#[derive(Debug, Default)]
+pub(crate) struct Reclaim {
+    /// Entries up to this index are purged, durably, and their files may go.
+    purged_upto: Option<u64>,
+    last_drop: Option<Instant>,
+}
+
+impl Reclaim {
+    /// A purge up to `index` is durable.
+    pub(crate) fn purged(&mut self, index: u64) {
+        self.purged_upto = Some(self.purged_upto.map_or(index, |p| p.max(index)));
+    }
+
+    /// Whether files may be waiting to be dropped.
+    pub(crate) fn pending(&self) -> bool {
+        self.purged_upto.is_some()
+    }
+
+    /// Drops at most one file that holds only purged entries, if the last drop was long enough
+    /// ago. Once no such file is left, nothing is pending until the next purge.
+    pub(crate) fn step(&mut self, db: &DB, now: Instant) {
+        let Some(upto) = self.purged_upto else {
+            return;
+        };
+        if self
+            .last_drop
+            .is_some_and(|t| now.duration_since(t) < DROP_SPACING)
+        {
+            return;
+        }
+        match droppable_file(db, upto) {
+            Some((first, last)) => {
+                let logs = cf(db, CF_LOGS);
+                match db.delete_file_in_range_cf(logs, first, last) {
+                    Ok(()) => tracing::debug!(upto, "dropped a table file of purged log entries"),
+                    Err(e) => {
+                        // Nothing is lost: the file stays, and the next purge tries again.
+                        tracing::warn!(error = %e, "could not drop a table file of purged log entries");
+                        self.purged_upto = None;
+                    }
+                }
+                self.last_drop = Some(now);
+            }
+            None => self.purged_upto = None,
+        }
+    }
+}
+
+/// The key range of the log's lowest table file below level 0 whose every key is at most
+/// `upto`, if there is one.
+fn droppable_file(db: &DB, upto: u64) -> Option<(Vec<u8>, Vec<u8>)> {
+    let files = match db.live_files() {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the database's table files");
+            return None;
+        }
+    };
+    files
+        .into_iter()
+        .filter(|f| f.column_family_name == CF_LOGS && f.level > 0)
+        .filter_map(|f| {
+            let (first, last) = (f.start_key?, f.end_key?);
+            let last_index = key_index(&last).ok()?;
+            (last_index <= upto).then_some((key_index(&first).ok()?, first, last))
+        })
+        .min_by_key(|(first_index, ..)| *first_index)
+        .map(|(_, first, last)| (first, last))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{index_key, open_db};
+
+    /// Writes log keys `range` and flushes them into a table file of their own.
+    fn write_file(db: &DB, range: std::ops::RangeInclusive<u64>) {
+        let logs = cf(db, CF_LOGS);
+        for i in range {
+            db.put_cf(logs, index_key(i), [7u8; 100]).unwrap();
+        }
+        db.flush_cf(logs).unwrap();
+    }
+
+    fn log_files(db: &DB) -> Vec<(i32, u64, u64)> {
+        let mut files: Vec<_> = db
+            .live_files()
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.column_family_name == CF_LOGS)
+            .map(|f| {
+                let first = key_index(&f.start_key.unwrap()).unwrap();
+                let last = key_index(&f.end_key.unwrap()).unwrap();
+                (f.level, first, last)
+            })
+            .collect();
+        files.sort_by_key(|f| f.1);
+        files
+    }
+
+    #[test]
+    fn files_holding_only_purged_entries_are_dropped_one_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open_db(&tmp.path().join("db")).unwrap();
+        write_file(&db, 1..=10);
+        write_file(&db, 11..=20);
+        write_file(&db, 21..=30);
+        // Files this small stay on level 0 until something moves them down.
+        let mut reclaim = Reclaim::default();
+        reclaim.purged(25);
+        reclaim.step(&db, Instant::now());
+        assert_eq!(log_files(&db).len(), 3, "level-0 files are left alone");
+        assert!(!reclaim.pending(), "nothing to drop: nothing pending");
+
+        db.compact_range_cf(cf(&db, CF_LOGS), None::<&[u8]>, None::<&[u8]>);
+        assert!(
+            log_files(&db).iter().all(|f| f.0 > 0),
+            "{:?}",
+            log_files(&db)
+        );
+        let files_before = log_files(&db);
+
+        reclaim.purged(25);
+        let t0 = Instant::now();
+        reclaim.step(&db, t0);
+        let after_one = log_files(&db);
+        assert_eq!(after_one.len(), files_before.len() - 1, "one file per step");
+        assert!(
+            after_one.iter().all(|f| f.1 > 1),
+            "the lowest file went first"
+        );
+        reclaim.step(&db, t0 + DROP_SPACING / 2);
+        assert_eq!(log_files(&db), after_one, "not again so soon");
+        reclaim.step(&db, t0 + DROP_SPACING);
+        reclaim.step(&db, t0 + DROP_SPACING * 2);
+        assert!(!reclaim.pending());
+        // Every file that ended at or before 25 is gone; the one holding 26..=30 stays whole.
+        let left = log_files(&db);
+        assert!(left.iter().all(|f| f.2 > 25), "{left:?}");
+        let logs = cf(&db, CF_LOGS);
+        for i in 26..=30 {
+            assert!(
+                db.get_cf(logs, index_key(i)).unwrap().is_some(),
+                "entry {i}"
+            );
+        }
+    }
+}
