@@ -95,35 +95,34 @@ impl LogWriter {
         sync: bool,
         done: Done,
     ) -> Result<(), StoreError> {
-        self.thread
-            .jobs
-            .as_ref()
-            .ok_or(StoreError::WriterGone)?
-            .send(Job {
-                batch,
-                sync,
-                done,
-                purged: None,
-            })
-            .map_err(|_| StoreError::WriterGone)
+        self.send(Job {
+            batch,
+            sync,
+            done,
+            purged: None,
+        })
     }
 
     /// Writes a purge of the log up to `index`, synced, and waits for it; afterwards the writer
     /// drops the table files that hold only purged entries.
     pub(crate) async fn purge(&self, batch: WriteBatch, index: u64) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
+        self.send(Job {
+            batch,
+            sync: true,
+            done: Done::Reply(tx),
+            purged: Some(index),
+        })?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
         self.thread
             .jobs
             .as_ref()
             .ok_or(StoreError::WriterGone)?
-            .send(Job {
-                batch,
-                sync: true,
-                done: Done::Reply(tx),
-                purged: Some(index),
-            })
-            .map_err(|_| StoreError::WriterGone)?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+            .send(job)
+            .map_err(|_| StoreError::WriterGone)
     }
 
     /// Queues a write and waits for it.
