@@ -12,7 +12,7 @@ use super::command::{Command, Publish, Settle};
 use super::delivery::{channel_range, Disposition};
 use super::effect::{Effect, OutgoingMessage, Reply};
 use super::exchange::{Destination, Exchange, ExchangeKind};
-use super::queue::{check_args_equivalent, Queue, QueueArgs};
+use super::queue::{check_args_equivalent, Queue, QueueArgs, SettleBatch};
 use super::{Ctx, Incoming, State};
 use crate::ids::{ChannelRef, ConnId, NodeId};
 use crate::reply_code::{self, *};
@@ -658,6 +658,7 @@ impl State {
             expiring_ready: 0,
             next_seq: 0,
             unacked_count: 0,
+            settle_batch: Default::default(),
             consumers: VecDeque::new(),
             exclusive_consumer: None,
             had_consumer: false,
@@ -789,10 +790,7 @@ impl State {
                 expiration_ms: m.expiration_ms,
             };
             accepted &= self.enqueue(qid, incoming, cx);
-            backlogged |= self
-                .queues
-                .get(&qid)
-                .is_some_and(|q| !q.consumers.is_empty() && q.ready.len() >= super::FLOW_BACKLOG);
+            backlogged |= self.queues.get(&qid).is_some_and(super::consumers_behind);
         }
         if backlogged && cx.flow_told != Some(ch.conn) {
             cx.flow_told = Some(ch.conn);
@@ -910,8 +908,18 @@ impl State {
         } else {
             chan.unacked.remove(&tag).into_iter().collect()
         };
+        let settled = taken.len() as u32;
+        let mut queues: Vec<u64> = Vec::new();
         for u in taken {
+            if !queues.contains(&u.queue_id) {
+                queues.push(u.queue_id);
+            }
             self.finish_unacked(ch, u, how, cx);
+        }
+        for qid in queues {
+            if let Some(q) = self.queues.get_mut(&qid) {
+                q.settle_batch = SettleBatch(settled);
+            }
         }
         self.mark_channel_dirty(ch, cx);
     }

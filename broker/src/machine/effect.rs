@@ -102,9 +102,9 @@ pub enum Effect {
         class_id: u16,
         method_id: u16,
     },
-    /// Publisher flow control: this connection published into a queue that has consumers and
-    /// a backlog they are not taking ([`FLOW_BACKLOG`](super::FLOW_BACKLOG) ready messages or
-    /// more). The connection pauses reading its socket for a moment, so a publisher cannot run
+    /// Publisher flow control: this connection published into a queue whose consumers are
+    /// falling behind ([`FLOW_BACKLOG`](super::FLOW_BACKLOG) ready messages, or
+    /// [`FLOW_UNACKED`](super::FLOW_UNACKED) deliveries they hold). The connection pauses reading its socket for a moment, so a publisher cannot run
     /// ever further ahead of the queue's consumers (RabbitMQ's "flow" state). Not repeated for
     /// a connection's consecutive publishes within one log entry.
     Flow {

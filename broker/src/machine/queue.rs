@@ -265,6 +265,19 @@ pub fn check_args_equivalent(
     Ok(())
 }
 
+/// A hint for publisher flow control (`FLOW_UNACKED`), not replicated state: it is left out of
+/// snapshots (a node restored from one starts at 0 and learns it again at the next settle) and
+/// out of comparisons. It decides only when this node slows a publisher down, never what any
+/// queue holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SettleBatch(pub u32);
+
+impl PartialEq for SettleBatch {
+    fn eq(&self, _: &SettleBatch) -> bool {
+        true
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Queue {
     /// Unique for the life of the state: a queue deleted and declared again gets a new id,
@@ -284,6 +297,9 @@ pub struct Queue {
     pub next_seq: u64,
     /// Deliveries of this queue that channels hold unacknowledged.
     pub unacked_count: u64,
+    /// How many deliveries the latest settle (ack/nack) of this queue's deliveries covered.
+    #[serde(skip)]
+    pub settle_batch: SettleBatch,
     /// Consumer ids in round-robin order: the next delivery goes to the first that has room.
     pub consumers: VecDeque<u64>,
     pub exclusive_consumer: Option<u64>,

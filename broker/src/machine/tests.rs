@@ -1567,6 +1567,34 @@ fn a_backlog_in_a_queue_with_consumers_slows_its_publishers_once_per_entry() {
     assert_eq!(flows(&b.one(publish(C, "", "slow", "w"))), 0);
 }
 
+/// Deliveries a consumer holds count as falling behind too, before any message is left ready:
+/// FLOW_UNACKED of them slow the publisher, and a consumer that acknowledges in large batches
+/// is allowed three of its batches before it counts as behind.
+#[test]
+fn deliveries_held_unacknowledged_slow_publishers_by_the_consumers_ack_batch() {
+    let mut b = Broker::new();
+    b.queue(C, "q");
+    b.one(consume(C, "q", "c1", false));
+    let unacked = super::FLOW_UNACKED as usize;
+    let upto = |from: usize, to: usize| -> Vec<Command> {
+        (from..to)
+            .map(|n| publish(C, "", "q", &n.to_string()))
+            .collect()
+    };
+    assert_eq!(flows(&b.run(upto(0, unacked - 1))), 0, "below the mark");
+    assert_eq!(b.ready("q"), 0, "everything was delivered");
+    assert_eq!(flows(&b.one(publish(C, "", "q", "at the mark"))), 1);
+    // One ack covering 250 deliveries: from now on three times that is the mark.
+    b.one(ack(C, 250, true));
+    let held = unacked - 250;
+    assert_eq!(
+        flows(&b.run(upto(0, 750 - held - 1))),
+        0,
+        "below three batches"
+    );
+    assert_eq!(flows(&b.one(publish(C, "", "q", "three batches"))), 1);
+}
+
 // ---------------------------------------------------------------- consumers and acks
 
 /// https://www.rabbitmq.com/docs/confirms#automatic-requeueing (back in place, redelivered)
