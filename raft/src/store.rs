@@ -253,14 +253,18 @@ impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<LogStore, StoreError> {
         let recent = Arc::new(Mutex::new(RecentLog::new(RecentLimits::default())));
         let writer = LogWriter::start(db.clone(), recent.clone())?;
-        let mut store = LogStore {
+        let store = LogStore {
             db,
             recent,
             writer,
             first_unpurged: Arc::new(AtomicU64::new(0)),
         };
         let purged: Option<LogId> = store.get_meta(KEY_LAST_PURGED, "last purged log id")?;
-        store.first_unpurged = Arc::new(AtomicU64::new(purged.map_or(0, |p| p.index + 1)));
+        if let Some(purged) = purged {
+            store
+                .first_unpurged
+                .store(purged.index.saturating_add(1), Ordering::Release);
+        }
         Ok(store)
     }
 
@@ -562,6 +566,52 @@ mod tests {
             assert_eq!(bytes[0], LOG_FORMAT_VERSION);
             assert_eq!(decode_log_entry(&bytes).expect("decodes"), entry);
         }
+    }
+
+    /// A purge deletes nothing in RocksDB; reads and the log state must still start after it,
+    /// also after the store is opened again.
+    #[tokio::test]
+    async fn purged_entries_stay_unread_across_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open_db(&tmp.path().join("db")).unwrap();
+        for index in 1..=10 {
+            let entry = LogEntry {
+                log_id: log_id(1, index),
+                payload: EntryPayload::Blank,
+            };
+            let bytes = encode_log_entry(&entry).unwrap();
+            db.put_cf(cf(&db, CF_LOGS), index_key(index), bytes)
+                .unwrap();
+        }
+        let indexes = |entries: Vec<LogEntry>| -> Vec<u64> {
+            entries.iter().map(|e| e.log_id.index).collect()
+        };
+
+        let mut store = LogStore::new(db.clone()).unwrap();
+        store.purge(log_id(1, 6)).await.unwrap();
+        assert_eq!(
+            indexes(store.try_get_log_entries(0..).await.unwrap()),
+            [7, 8, 9, 10]
+        );
+        drop(store);
+
+        let mut store = LogStore::new(db.clone()).unwrap();
+        assert_eq!(
+            indexes(store.try_get_log_entries(3..9).await.unwrap()),
+            [7, 8]
+        );
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 6)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 10)));
+        store.purge(log_id(1, 10)).await.unwrap();
+        drop(store);
+
+        // Everything purged, the entries still stored: the log is empty, and its last id is
+        // the last purged one.
+        let mut store = LogStore::new(db).unwrap();
+        assert!(store.try_get_log_entries(0..).await.unwrap().is_empty());
+        let state = store.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(1, 10)));
     }
 
     #[test]
