@@ -29,6 +29,8 @@ pub(crate) struct Reclaim {
     /// Entries up to this index are purged, durably, and their files may go.
     purged_upto: Option<u64>,
     last_drop: Option<Instant>,
+    /// The file the last drop was asked of (RocksDB skips a file that a compaction holds).
+    last_tried: Option<String>,
 }
 
 impl Reclaim {
@@ -55,7 +57,15 @@ impl Reclaim {
             return;
         }
         match droppable_file(db, upto) {
-            Some((first, last)) => {
+            Some((name, ..)) if self.last_tried.as_ref() == Some(&name) => {
+                // Asked before and still there (a compaction holds it): leave it to a later
+                // purge rather than ask again every step.
+                tracing::debug!(file = %name, "a table file of purged log entries stays for now");
+                self.purged_upto = None;
+                self.last_tried = None;
+            }
+            Some((name, first, last)) => {
+                self.last_tried = Some(name);
                 let logs = cf(db, CF_LOGS);
                 match db.delete_file_in_range_cf(logs, first, last) {
                     Ok(()) => tracing::debug!(upto, "dropped a table file of purged log entries"),
@@ -67,14 +77,17 @@ impl Reclaim {
                 }
                 self.last_drop = Some(now);
             }
-            None => self.purged_upto = None,
+            None => {
+                self.purged_upto = None;
+                self.last_tried = None;
+            }
         }
     }
 }
 
-/// The key range of the log's lowest table file below level 0 whose every key is at most
-/// `upto`, if there is one.
-fn droppable_file(db: &DB, upto: u64) -> Option<(Vec<u8>, Vec<u8>)> {
+/// The name and key range of the log's lowest table file below level 0 whose every key is at
+/// most `upto`, if there is one.
+fn droppable_file(db: &DB, upto: u64) -> Option<(String, Vec<u8>, Vec<u8>)> {
     let files = match db.live_files() {
         Ok(files) => files,
         Err(e) => {
@@ -88,10 +101,10 @@ fn droppable_file(db: &DB, upto: u64) -> Option<(Vec<u8>, Vec<u8>)> {
         .filter_map(|f| {
             let (first, last) = (f.start_key?, f.end_key?);
             let last_index = key_index(&last).ok()?;
-            (last_index <= upto).then_some((key_index(&first).ok()?, first, last))
+            (last_index <= upto).then_some((key_index(&first).ok()?, f.name, first, last))
         })
         .min_by_key(|(first_index, ..)| *first_index)
-        .map(|(_, first, last)| (first, last))
+        .map(|(_, name, first, last)| (name, first, last))
 }
 
 #[cfg(test)]

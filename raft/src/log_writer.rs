@@ -12,6 +12,7 @@
 
 use crate::log_reclaim::{Reclaim, DROP_SPACING};
 use crate::recent_log::RecentLog;
+use crate::state_machine::stored_snapshot_index;
 use crate::store::{synced, StoreError};
 use crate::types::{LogId, TypeConfig};
 use openraft::storage::LogFlushed;
@@ -103,17 +104,19 @@ impl LogWriter {
         })
     }
 
-    /// Writes a purge of the log up to `index`, synced, and waits for it; afterwards the writer
-    /// drops the table files that hold only purged entries.
-    pub(crate) async fn purge(&self, batch: WriteBatch, index: u64) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
+    /// Queues the record of a purge of the log up to `index`. The writer holds it until the
+    /// stored snapshot covers `index`, writes it synced, and then drops the table files that
+    /// hold only purged entries. openraft purges right after handing a received snapshot to
+    /// the state machine, before that snapshot is stored: a purge made durable first would
+    /// leave, after a crash, an older snapshot and a log that starts after the entries needed
+    /// to reach the purge point. A newer purge replaces a held one.
+    pub(crate) fn purge(&self, batch: WriteBatch, index: u64) -> Result<(), StoreError> {
         self.send(Job {
             batch,
             sync: true,
-            done: Done::Reply(tx),
+            done: Done::Nothing,
             purged: Some(index),
-        })?;
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        })
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -135,56 +138,88 @@ impl LogWriter {
 
 fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>) {
     let mut group = Vec::new();
+    // A purge waiting for the stored snapshot to cover it (`LogWriter::purge`).
+    let mut held: Option<Job> = None;
     let mut reclaim = Reclaim::default();
     loop {
-        let first = if reclaim.pending() {
+        let first = if held.is_some() || reclaim.pending() {
             match queue.recv_timeout(DROP_SPACING) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    reclaim.step(db, Instant::now());
-                    continue;
-                }
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         } else {
             match queue.recv() {
-                Ok(job) => job,
+                Ok(job) => Some(job),
                 Err(_) => return,
             }
         };
-        group.push(first);
-        while group.len() < MAX_JOBS_PER_SYNC {
-            match queue.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
+        if let Some(first) = first {
+            group.push(first);
+            while group.len() < MAX_JOBS_PER_SYNC {
+                match queue.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
             }
         }
-        let sync = group.iter().any(|j| j.sync);
-        let last = group.len() - 1;
-        let mut result = Ok(());
-        let mut dones = Vec::with_capacity(group.len());
-        let mut purged = None;
-        for (i, job) in group.drain(..).enumerate() {
-            purged = job.purged.or(purged);
-            if result.is_ok() {
-                // Durability: the group's last write is synced when any of the group asked for
-                // it, which makes every earlier write of the group durable too (one WAL).
-                let opts = if i == last && sync {
-                    synced()
-                } else {
-                    WriteOptions::default()
-                };
-                result = db.write_opt(job.batch, &opts);
-            }
-            dones.push(job.done);
+        hold_purges(db, &mut group, &mut held);
+        if !group.is_empty() {
+            write_group(db, recent, &mut group, &mut reclaim);
         }
-        if let (Some(index), Ok(())) = (purged, &result) {
-            // Durable: the group ends with a synced write, since a purge asks for one.
-            reclaim.purged(index);
-        }
-        finish(recent, dones, result);
         reclaim.step(db, Instant::now());
     }
+}
+
+/// Moves the group's purges into `held` (the newest wins) and puts the held one back at the
+/// end of the group once the stored snapshot covers it.
+fn hold_purges(db: &DB, group: &mut Vec<Job>, held: &mut Option<Job>) {
+    let mut i = 0;
+    while i < group.len() {
+        if group[i].purged.is_some() {
+            let job = group.remove(i);
+            if held.as_ref().is_none_or(|h| h.purged <= job.purged) {
+                *held = Some(job);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    let covered = match held.as_ref().and_then(|h| h.purged) {
+        Some(index) => stored_snapshot_index(db).is_some_and(|s| s >= index),
+        None => false,
+    };
+    if covered {
+        group.extend(held.take());
+    }
+}
+
+/// Writes a group with one fsync at the end if any job asked for one, then reports to each.
+fn write_group(db: &DB, recent: &Mutex<RecentLog>, group: &mut Vec<Job>, reclaim: &mut Reclaim) {
+    let sync = group.iter().any(|j| j.sync);
+    let last = group.len() - 1;
+    let mut result = Ok(());
+    let mut dones = Vec::with_capacity(group.len());
+    let mut purged = None;
+    for (i, job) in group.drain(..).enumerate() {
+        purged = job.purged.or(purged);
+        if result.is_ok() {
+            // Durability: the group's last write is synced when any of the group asked for
+            // it, which makes every earlier write of the group durable too (one WAL).
+            let opts = if i == last && sync {
+                synced()
+            } else {
+                WriteOptions::default()
+            };
+            result = db.write_opt(job.batch, &opts);
+        }
+        dones.push(job.done);
+    }
+    if let (Some(index), Ok(())) = (purged, &result) {
+        // Durable: the group ends with a synced write, since a purge asks for one.
+        reclaim.purged(index);
+    }
+    finish(recent, dones, result);
 }
 
 /// Reports a group's outcome to each of its jobs, in queue order.

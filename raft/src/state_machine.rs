@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
+pub(crate) const KEY_SNAPSHOT_META: &[u8] = b"snapshot_meta";
 const KEY_SNAPSHOT_DATA: &[u8] = b"snapshot_data";
 
 /// What the state machine has applied, shared between openraft's state-machine task (which
@@ -125,6 +125,16 @@ impl StateMachineStore {
         // the data is still the last consistent state, so readers may go on reading it.
         self.applied.read().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The last log index that the stored snapshot covers (None without one, or if its meta
+/// cannot be read).
+pub(crate) fn stored_snapshot_index(db: &DB) -> Option<u64> {
+    read_snapshot_meta(db)
+        .ok()
+        .flatten()
+        .and_then(|m| m.last_log_id)
+        .map(|id| id.index)
 }
 
 fn read_snapshot_meta(db: &DB) -> Result<Option<SnapshotMeta>, StoreError> {

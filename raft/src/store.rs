@@ -28,7 +28,6 @@ use rocksdb::{
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
@@ -244,28 +243,26 @@ pub struct LogStore {
     db: Arc<DB>,
     recent: Arc<Mutex<RecentLog>>,
     writer: LogWriter,
-    /// The first index that is not purged. A purge deletes nothing in RocksDB (its files are
-    /// dropped whole later, `log_reclaim`), so reads start here instead.
-    first_unpurged: Arc<AtomicU64>,
+    /// The last purged id. A purge deletes nothing in RocksDB (its files are dropped whole
+    /// later, `log_reclaim`), so reads start after it; and its record reaches RocksDB only once
+    /// the stored snapshot covers it (`LogWriter::purge`), so this is the log's state meanwhile.
+    purged: Arc<Mutex<Option<LogId>>>,
 }
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<LogStore, StoreError> {
         let recent = Arc::new(Mutex::new(RecentLog::new(RecentLimits::default())));
         let writer = LogWriter::start(db.clone(), recent.clone())?;
-        let store = LogStore {
+        let purged = match db.get_cf(cf(&db, CF_META), KEY_LAST_PURGED)? {
+            None => None,
+            Some(bytes) => Some(decode_meta::<LogId>("last purged log id", &bytes)?),
+        };
+        Ok(LogStore {
             db,
             recent,
             writer,
-            first_unpurged: Arc::new(AtomicU64::new(0)),
-        };
-        let purged: Option<LogId> = store.get_meta(KEY_LAST_PURGED, "last purged log id")?;
-        if let Some(purged) = purged {
-            store
-                .first_unpurged
-                .store(purged.index.saturating_add(1), Ordering::Release);
-        }
-        Ok(store)
+            purged: Arc::new(Mutex::new(purged)),
+        })
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentLog> {
@@ -283,9 +280,8 @@ impl LogStore {
         }
     }
 
-    fn last_purged(&self) -> Result<Option<LogId>, StorageError> {
-        self.get_meta(KEY_LAST_PURGED, "last purged log id")
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Read, e))
+    fn last_purged(&self) -> Option<LogId> {
+        *self.purged.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
@@ -341,7 +337,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             },
             Bound::Unbounded => 0,
         };
-        let start = start.max(self.first_unpurged.load(Ordering::Acquire));
+        let start = start.max(self.last_purged().map_or(0, |p| p.index.saturating_add(1)));
         let end = range.end_bound().cloned();
         // The newest entries come from memory; whatever lies before them is durable and read
         // from RocksDB (entries leave memory only once durable, so nothing falls in between).
@@ -372,7 +368,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id = self.last_purged()?;
+        let last_purged_log_id = self.last_purged();
         // With every entry purged the log is empty, and its last id is the last purged one
         // (purged entries may still be in RocksDB: a purge deletes nothing there).
         let newest = self.recent().last_log_id();
@@ -495,21 +491,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Records log_id as the last purged id and deletes nothing: from now on reads start
-        // after it, and once the record is durable the writer drops the table files that hold
-        // only purged entries (`log_reclaim` says why there is no range delete). openraft purges
-        // only entries covered by a snapshot that `state_machine.rs` has already written
-        // synced. The record is synced too, because the files go after it: were it lost in a
-        // crash while they were gone, the log would start at an entry it no longer has.
+        // after it (`log_reclaim` says why there is no range delete). The record is written,
+        // synced, once the stored snapshot covers log_id (`LogWriter::purge`: on a follower
+        // openraft purges before a received snapshot is stored), and only after that does the
+        // writer drop the table files that hold only purged entries. Until the record is
+        // durable a crash brings the purged entries back, which is harmless: they are purged
+        // again.
         let value =
             encode_meta(&log_id).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_LAST_PURGED, value);
-        self.first_unpurged
-            .fetch_max(log_id.index.saturating_add(1), Ordering::AcqRel);
+        {
+            let mut purged = self.purged.lock().unwrap_or_else(|p| p.into_inner());
+            if purged.is_none_or(|p| p.index < log_id.index) {
+                *purged = Some(log_id);
+            }
+        }
         self.recent().purge_upto(log_id.index);
         self.writer
             .purge(batch, log_id.index)
-            .await
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
@@ -568,8 +568,35 @@ mod tests {
         }
     }
 
+    /// Stores a snapshot meta covering the log up to `index`, as `state_machine.rs` does.
+    fn store_snapshot_meta(db: &DB, index: u64) {
+        let meta = crate::types::SnapshotMeta {
+            last_log_id: Some(log_id(1, index)),
+            last_membership: Default::default(),
+            snapshot_id: format!("test-{index}"),
+        };
+        let key = crate::state_machine::KEY_SNAPSHOT_META;
+        db.put_cf(cf(db, CF_SM), key, encode_meta(&meta).unwrap())
+            .unwrap();
+    }
+
+    /// Polls for the durable purge record, for up to two seconds.
+    async fn stored_purge(store: &LogStore, want: LogId) -> bool {
+        for _ in 0..40 {
+            let stored: Option<LogId> = store
+                .get_meta(KEY_LAST_PURGED, "last purged log id")
+                .unwrap();
+            if stored == Some(want) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// A purge deletes nothing in RocksDB; reads and the log state must still start after it,
-    /// also after the store is opened again.
+    /// also after the store is opened again. Its record is written only once the stored
+    /// snapshot covers it.
     #[tokio::test]
     async fn purged_entries_stay_unread_across_a_reopen() {
         let tmp = tempfile::tempdir().unwrap();
@@ -588,10 +615,20 @@ mod tests {
         };
 
         let mut store = LogStore::new(db.clone()).unwrap();
+        store_snapshot_meta(&db, 4);
         store.purge(log_id(1, 6)).await.unwrap();
         assert_eq!(
             indexes(store.try_get_log_entries(0..).await.unwrap()),
             [7, 8, 9, 10]
+        );
+        assert!(
+            !stored_purge(&store, log_id(1, 6)).await,
+            "recorded before a snapshot covers it"
+        );
+        store_snapshot_meta(&db, 6);
+        assert!(
+            stored_purge(&store, log_id(1, 6)).await,
+            "recorded once covered"
         );
         drop(store);
 
@@ -603,7 +640,9 @@ mod tests {
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 6)));
         assert_eq!(state.last_log_id, Some(log_id(1, 10)));
+        store_snapshot_meta(&db, 10);
         store.purge(log_id(1, 10)).await.unwrap();
+        assert!(stored_purge(&store, log_id(1, 10)).await);
         drop(store);
 
         // Everything purged, the entries still stored: the log is empty, and its last id is
