@@ -908,15 +908,16 @@ impl State {
         } else {
             chan.unacked.remove(&tag).into_iter().collect()
         };
-        let settled = taken.len() as u32;
-        let mut queues: Vec<u64> = Vec::new();
+        // How many deliveries of each queue this settle covered (usually one queue).
+        let mut per_queue: Vec<(u64, u32)> = Vec::new();
         for u in taken {
-            if !queues.contains(&u.queue_id) {
-                queues.push(u.queue_id);
+            match per_queue.iter_mut().find(|(qid, _)| *qid == u.queue_id) {
+                Some((_, n)) => *n += 1,
+                None => per_queue.push((u.queue_id, 1)),
             }
             self.finish_unacked(ch, u, how, cx);
         }
-        for qid in queues {
+        for (qid, settled) in per_queue {
             if let Some(q) = self.queues.get_mut(&qid) {
                 q.settle_batch = SettleBatch(settled);
             }
