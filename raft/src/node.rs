@@ -134,11 +134,11 @@ impl LogConfig {
             // An entry may be up to `max_bytes_per_entry` (8 MiB); openraft's default of 300
             // entries per AppendEntries could make one RPC gigabytes long.
             max_payload_entries: 64,
-            // Purge in steps (each is one range delete through the log writer), but never in
+            // Purge in steps (each is one synced record through the log writer), but never in
             // steps longer than the snapshot interval, or a small interval would keep far more
             // log than it says. Steps of 256 made a size-triggered snapshot's purge (4,500
-            // entries) 18 writes; in g the p99 was 26-34 ms with them, 8-13 ms in one step
-            // (two runs each; a stall of about 110 ms per snapshot remains, docs/benchmarks.md).
+            // entries) 18 writes (then range deletes); in g the p99 was 26-34 ms with them,
+            // 8-13 ms in one step (two runs each, docs/benchmarks.md session 6).
             purge_batch_size: (self.snapshot_every_entries / 4).clamp(1, 65_536),
             ..Config::default()
         }

@@ -226,6 +226,18 @@ pub(crate) fn decode_meta<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// A value of the `meta` column family.
+fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &DB,
+    key: &[u8],
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    match db.get_cf(cf(db, CF_META), key)? {
+        None => Ok(None),
+        Some(bytes) => decode_meta(what, &bytes).map(Some),
+    }
+}
+
 fn io_err(
     subject: ErrorSubject<NodeId>,
     verb: ErrorVerb,
@@ -253,10 +265,7 @@ impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Result<LogStore, StoreError> {
         let recent = Arc::new(Mutex::new(RecentLog::new(RecentLimits::default())));
         let writer = LogWriter::start(db.clone(), recent.clone())?;
-        let purged = match db.get_cf(cf(&db, CF_META), KEY_LAST_PURGED)? {
-            None => None,
-            Some(bytes) => Some(decode_meta::<LogId>("last purged log id", &bytes)?),
-        };
+        let purged: Option<LogId> = read_meta(&db, KEY_LAST_PURGED, "last purged log id")?;
         Ok(LogStore {
             db,
             recent,
@@ -274,10 +283,7 @@ impl LogStore {
         key: &[u8],
         what: &'static str,
     ) -> Result<Option<T>, StoreError> {
-        match self.db.get_cf(cf(&self.db, CF_META), key)? {
-            None => Ok(None),
-            Some(bytes) => decode_meta(what, &bytes).map(Some),
-        }
+        read_meta(&self.db, key, what)
     }
 
     fn last_purged(&self) -> Option<LogId> {
