@@ -103,6 +103,13 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
     // confirm p50 1.8 -> 1.45 ms. Recovery stays point-in-time (RocksDB's default mode, the
     // one recycling is made for).
     opts.set_recycle_log_file_num(4);
+    // ...but a log file is free for reuse only once every column family that wrote into it
+    // has flushed, and the meta and state families write a little into every log file. With
+    // RocksDB's default limit (four times all memtables, 1.5 GiB here) no log file was ever
+    // released in a run: each synced write went to a new, growing file and also wrote its
+    // inode, and the files piled up on disk. Past 256 MiB of log files RocksDB now flushes
+    // the small families holding the oldest file, which frees it for reuse.
+    opts.set_max_total_wal_size(256 << 20);
     // Table files written by flushes and compactions are handed to the disk a megabyte at a
     // time as they are written. Without this a flush wrote its 64 MiB file into the page cache
     // and synced it at the end, and the log's own fsync (the one that confirms publishes)
