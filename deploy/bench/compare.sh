@@ -19,8 +19,14 @@
 #   k  g with the queue's leader node SIGKILLed 5 s into the run (fresh clusters each round):
 #      the longest pause between two confirms, and nothing lost
 #
+# With --client go, scenarios a-g are driven by deploy/bench/go-client instead (RabbitMQ's Go
+# client, amqp091-go; built here from Debian's golang-go and its amqp091-go package, installed if
+# missing): the same loads through another client library, acking every message, no prefetch
+# limit. It reports rates and end-to-end latency only (no confirm latency, no lost count), talks
+# to the first node of a cluster, and does not run k.
+#
 # Usage: deploy/bench/compare.sh [--bin PATH] [--rounds N] [--seconds S] [--scenarios abcdefghk]
-#                                [--h-messages N] [--out FILE.jsonl]
+#                                [--h-messages N] [--out FILE.jsonl] [--client raftmq|go]
 set -euo pipefail
 
 BIN=target/release/raftmq
@@ -29,6 +35,7 @@ SECS=10
 SCENARIOS=abcdefghk
 H_MESSAGES=1000000
 OUT=""
+CLIENT=raftmq
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) BIN="$2"; shift 2 ;;
@@ -37,12 +44,21 @@ while [ $# -gt 0 ]; do
     --scenarios) SCENARIOS="$2"; shift 2 ;;
     --h-messages) H_MESSAGES="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --client) CLIENT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
 BIN="$(realpath "$BIN")"
 [ -x "$BIN" ] || { echo "no raftmq binary at $BIN (cargo build --release)" >&2; exit 2; }
+case "$CLIENT" in
+  raftmq) ;;
+  go) case "$SCENARIOS" in *k*)
+        [ "$SCENARIOS" = abcdefghk ] && SCENARIOS=abcdefgh \
+          || { echo "--client go does not run k (it does not fail over)" >&2; exit 2; } ;;
+      esac ;;
+  *) echo "--client is raftmq or go, not $CLIENT" >&2; exit 2 ;;
+esac
 
 WORK="$(mktemp -d /var/tmp/raftmq-compare.XXXXXX)"
 RESULTS="${OUT:-$WORK/results.jsonl}"
@@ -95,6 +111,17 @@ if ! command -v rabbitmq-server >/dev/null 2>&1; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null
   rm -f /usr/sbin/policy-rc.d
+fi
+if [ "$CLIENT" = go ]; then
+  if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/rabbitmq/amqp091-go ]; then
+    echo "installing golang-go and amqp091-go from Debian's packages" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-github-rabbitmq-amqp091-go-dev >/dev/null
+  fi
+  # GOPATH mode against Debian's copy of the library: nothing is fetched from the network.
+  mkdir -p "$WORK/gopath/src"
+  ln -s "$(realpath "$(dirname "$0")")/go-client" "$WORK/gopath/src/go-client"
+  GO111MODULE=off GOPATH="$WORK/gopath:/usr/share/gocode" GOCACHE="$WORK/gocache" \
+    go build -o "$WORK/go-client" go-client
 fi
 RABBIT_BIN=/usr/lib/rabbitmq/bin
 RABBIT_HOME="$WORK/rabbit-home"   # the Erlang cookie of our private nodes
@@ -164,8 +191,14 @@ bench() {  # scenario broker uris -- bench flags...
   local scenario=$1 broker=$2 uris=$3; shift 4
   local json
   freeze_others "$broker"
-  json="$("$BIN" bench --uri "$uris" --duration "$SECS" --json --queue-prefix "${PREFIX:-cmp-$scenario-$RANDOM}" "$@")" \
-    || { thaw_others "$broker"; return 1; }
+  if [ "$CLIENT" = go ]; then
+    # shellcheck disable=SC2086
+    json="$("$WORK/go-client" -uri "${uris%%,*}" -seconds "$SECS" ${GO_FLAGS[$scenario]} 2>/dev/null)" \
+      || { thaw_others "$broker"; return 1; }
+  else
+    json="$("$BIN" bench --uri "$uris" --duration "$SECS" --json --queue-prefix "${PREFIX:-cmp-$scenario-$RANDOM}" "$@")" \
+      || { thaw_others "$broker"; return 1; }
+  fi
   thaw_others "$broker"
   python3 - "$scenario" "$broker" "$json" >> "$RESULTS" <<'PY'
 import json, sys
@@ -177,7 +210,7 @@ import json, sys
 r = json.loads(sys.argv[3])
 print("  %s %-8s published %7.0f/s confirmed %7.0f/s consumed %7.0f/s p99 %8.1f ms lost %d"
       % (sys.argv[1], sys.argv[2], r["publish_rate"], r["confirm_rate"], r["consume_rate"],
-         r["latency_ms"]["p99"], r["lost"]))
+         r["latency_ms"]["p99"], r.get("lost", 0)))
 PY
 }
 
@@ -191,6 +224,15 @@ declare -A FLAGS=(
   [g]="--producers 1 --consumers 1 --size 1024 --persistent --confirm 100 --queue-type quorum"
 )
 FLAGS[k]=${FLAGS[g]}   # g's load, with a leader kill
+declare -A GO_FLAGS=(
+  [a]="-size 16"
+  [b]="-size 1024"
+  [c]="-size 1024 -persistent -confirm 100"
+  [d]="-size 1024 -persistent -confirm 100 -queue-type quorum"
+  [e]="-consumers 3 -queues 3 -fanout -size 1024"
+  [f]="-producers 4 -consumers 4 -queues 4 -size 1024"
+  [g]="-size 1024 -persistent -confirm 100 -queue-type quorum"
+)
 
 RMQ_URI="amqp://guest:guest@127.0.0.1:25710/%2f"
 RAFT_URI="amqp://guest:guest@127.0.0.1:25720/%2f"
@@ -368,7 +410,7 @@ for s, label in names.items():
     if s == "e":
         line("e fanout x3, published msg/s", med(s, "rabbitmq", lambda r: r["publish_rate"]), med(s, "raftmq", lambda r: r["publish_rate"]), "msg/s")
     line(f"{s} end-to-end latency p99, ms (lower is better)", med(s, "rabbitmq", lambda r: r["latency_ms"]["p99"]), med(s, "raftmq", lambda r: r["latency_ms"]["p99"]), "ms")
-    if confirmed:
+    if confirmed and all("confirm_latency_ms" in r for r in rows if r["scenario"] == s):
         line(f"{s} confirm latency p99, ms (lower is better)", med(s, "rabbitmq", lambda r: r["confirm_latency_ms"]["p99"]), med(s, "raftmq", lambda r: r["confirm_latency_ms"]["p99"]), "ms")
 line("k leader SIGKILL: longest pause between confirms, ms (lower is better)", med("k", "rabbitmq", lambda r: r["max_confirm_gap_ms"]), med("k", "raftmq", lambda r: r["max_confirm_gap_ms"]), "ms")
 line("k leader SIGKILL: confirmed msg/s over the run", med("k", "rabbitmq", lambda r: r["confirm_rate"]), med("k", "raftmq", lambda r: r["confirm_rate"]), "msg/s")
