@@ -79,16 +79,26 @@ func (o options) exchange() string {
 	return "amq.direct"
 }
 
+// open dials the broker and opens one channel on the connection.
+func open(uri string) (*amqp.Connection, *amqp.Channel, error) {
+	conn, err := amqp.Dial(uri)
+	if err != nil {
+		return nil, nil, err
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, ch, nil
+}
+
 func declare(o options) error {
-	conn, err := amqp.Dial(o.uri)
+	conn, ch, err := open(o.uri)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
 	if o.fanout {
 		if err := ch.ExchangeDeclare(o.exchange(), "fanout", false, false, false, false, nil); err != nil {
 			return err
@@ -114,15 +124,11 @@ func declare(o options) error {
 // cleanup deletes what declare made, so that a later run does not share a broker with
 // leftover messages.
 func cleanup(o options) {
-	conn, err := amqp.Dial(o.uri)
+	conn, ch, err := open(o.uri)
 	if err != nil {
 		return
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
 	for i := 0; i < o.queues; i++ {
 		ch.QueueDelete(o.queue(i), false, false, false)
 	}
@@ -132,14 +138,13 @@ func cleanup(o options) {
 }
 
 func consume(o options, i int, c *counters, ready *sync.WaitGroup, stop <-chan struct{}) ([]int64, error) {
-	conn, err := amqp.Dial(o.uri)
+	conn, ch, err := open(o.uri)
 	if err != nil {
 		ready.Done()
 		return nil, err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err == nil && o.prefetch > 0 {
+	if o.prefetch > 0 {
 		err = ch.Qos(o.prefetch, 0, false)
 	}
 	var deliveries <-chan amqp.Delivery
@@ -177,15 +182,11 @@ func consume(o options, i int, c *counters, ready *sync.WaitGroup, stop <-chan s
 }
 
 func publish(o options, i int, c *counters, stop <-chan struct{}) error {
-	conn, err := amqp.Dial(o.uri)
+	conn, ch, err := open(o.uri)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
 	var window chan struct{}
 	if o.confirm > 0 {
 		if err := ch.Confirm(false); err != nil {
