@@ -24,10 +24,9 @@ use anyhow::Result;
 use clap::Parser;
 
 // mimalloc instead of glibc's malloc: in the 1 KiB and 16-byte transient scenarios the broker
-// spent 17-19% of its CPU in malloc and free (many short-lived buffers and boxed commands
-// freed on other threads); with mimalloc 7-8%, and 8-10% more messages per second on the same
-// two cores (docs/benchmarks.md, session 8). Memory with a million queued messages: 1.68 GiB
-// against 1.64.
+// spent 17-19% of its CPU in malloc, free and their helpers; with mimalloc 7-8%, and 5-17%
+// more messages per second on the same two cores (two alternating runs each of a and b,
+// docs/benchmarks.md, session 8). Memory with a million queued messages: 1.68 GiB against 1.64.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
