@@ -64,6 +64,10 @@ func main() {
 	if o.size < 8 {
 		o.size = 8
 	}
+	if o.queueType != "classic" && o.queueType != "quorum" {
+		fmt.Fprintf(os.Stderr, "go-client: -queue-type is classic or quorum, not %q\n", o.queueType)
+		os.Exit(2)
+	}
 	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "go-client:", err)
 		os.Exit(1)
@@ -137,13 +141,12 @@ func cleanup(o options) {
 	}
 }
 
-func consume(o options, i int, c *counters, ready *sync.WaitGroup, stop <-chan struct{}) ([]int64, error) {
+// subscribe opens a consumer's connection and starts consuming from its queue.
+func subscribe(o options, i int) (*amqp.Connection, <-chan amqp.Delivery, error) {
 	conn, ch, err := open(o.uri)
 	if err != nil {
-		ready.Done()
-		return nil, err
+		return nil, nil, err
 	}
-	defer conn.Close()
 	if o.prefetch > 0 {
 		err = ch.Qos(o.prefetch, 0, false)
 	}
@@ -151,10 +154,20 @@ func consume(o options, i int, c *counters, ready *sync.WaitGroup, stop <-chan s
 	if err == nil {
 		deliveries, err = ch.Consume(o.queue(i), "", false, false, false, false, nil)
 	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, deliveries, nil
+}
+
+func consume(o options, i int, c *counters, ready *sync.WaitGroup, stop <-chan struct{}) ([]int64, error) {
+	conn, deliveries, err := subscribe(o, i)
 	ready.Done()
 	if err != nil {
 		return nil, err
 	}
+	defer conn.Close()
 	samples := make([]int64, 0, 1<<16)
 	unacked := 0
 	for {
