@@ -17,6 +17,7 @@ use crate::store::{synced, StoreError};
 use crate::types::{LogId, TypeConfig};
 use openraft::storage::LogFlushed;
 use rocksdb::{WriteBatch, WriteOptions, DB};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
@@ -50,6 +51,8 @@ struct Job {
 #[derive(Clone)]
 pub(crate) struct LogWriter {
     thread: Arc<WriterThread>,
+    /// Groups written with an fsync since the writer started.
+    syncs: Arc<AtomicU64>,
 }
 
 struct WriterThread {
@@ -77,16 +80,24 @@ impl LogWriter {
         recent: Arc<Mutex<RecentLog>>,
     ) -> Result<LogWriter, StoreError> {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let counted = syncs.clone();
         let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(&db, &recent, &queue))
+            .spawn(move || write_loop(&db, &recent, &queue, &counted))
             .map_err(StoreError::Thread)?;
         Ok(LogWriter {
             thread: Arc::new(WriterThread {
                 jobs: Some(jobs),
                 handle: Some(handle),
             }),
+            syncs,
         })
+    }
+
+    /// How many groups have been written with an fsync: shared, and counting on.
+    pub(crate) fn syncs(&self) -> Arc<AtomicU64> {
+        self.syncs.clone()
     }
 
     /// Queues a write; `done` hears of it when it (and its fsync, if `sync`) is complete.
@@ -136,7 +147,7 @@ impl LogWriter {
     }
 }
 
-fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>) {
+fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>, syncs: &AtomicU64) {
     let mut group = Vec::new();
     // A purge waiting for the stored snapshot to cover it (`LogWriter::purge`).
     let mut held: Option<Job> = None;
@@ -165,7 +176,7 @@ fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>) {
         }
         hold_purges(db, &mut group, &mut held);
         if !group.is_empty() {
-            write_group(db, recent, &mut group, &mut reclaim);
+            write_group(db, recent, &mut group, &mut reclaim, syncs);
         }
         reclaim.step(db, Instant::now());
     }
@@ -195,7 +206,13 @@ fn hold_purges(db: &DB, group: &mut Vec<Job>, held: &mut Option<Job>) {
 }
 
 /// Writes a group with one fsync at the end if any job asked for one, then reports to each.
-fn write_group(db: &DB, recent: &Mutex<RecentLog>, group: &mut Vec<Job>, reclaim: &mut Reclaim) {
+fn write_group(
+    db: &DB,
+    recent: &Mutex<RecentLog>,
+    group: &mut Vec<Job>,
+    reclaim: &mut Reclaim,
+    syncs: &AtomicU64,
+) {
     let sync = group.iter().any(|j| j.sync);
     let last = group.len() - 1;
     let mut result = Ok(());
@@ -214,6 +231,9 @@ fn write_group(db: &DB, recent: &Mutex<RecentLog>, group: &mut Vec<Job>, reclaim
             result = db.write_opt(job.batch, &opts);
         }
         dones.push(job.done);
+    }
+    if sync && result.is_ok() {
+        syncs.fetch_add(1, Ordering::Relaxed);
     }
     if let (Some(index), Ok(())) = (purged, &result) {
         // Durable: the group ends with a synced write, since a purge asks for one.

@@ -12,7 +12,7 @@ use crate::network::TcpNetwork;
 use crate::proposer::{BatchLimits, Batcher, Control, Router};
 use crate::snapshot_trigger::SnapshotBySize;
 use crate::state_machine::{open_stores, Applied, ApplyStats};
-use crate::store::{open_db, StoreError};
+use crate::store::{open_db, StoreError, SyncPolicy};
 use crate::transport::{server, Transport, TransportConfig};
 use crate::types::{NodeInfo, Raft, RaftMetrics};
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -269,6 +269,7 @@ pub struct LogStatus {
     raft: Raft,
     applied: Arc<RwLock<Applied>>,
     stats: Arc<ApplyStats>,
+    syncs: Arc<AtomicU64>,
 }
 
 impl LogStatus {
@@ -293,6 +294,12 @@ impl LogStatus {
             self.stats.entries.load(Ordering::Relaxed),
             self.stats.commands.load(Ordering::Relaxed),
         )
+    }
+
+    /// How many times the log has been fsync'ed since this node was opened (one fsync covers
+    /// a group of appends).
+    pub fn log_syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 }
 
@@ -381,6 +388,8 @@ impl LogNode {
             .map_err(store_err)?;
         tracing::info!(ms = opening.elapsed().as_millis() as u64, "database open");
         let (log_store, sm) = open_stores(db.clone(), sink.clone()).map_err(store_err)?;
+        let syncs = log_store.syncs();
+        let sync_policy = log_store.sync_policy();
         let applied = sm.applied();
         let stats = sm.stats();
 
@@ -404,6 +413,7 @@ impl LogNode {
             raft: raft.clone(),
             applied,
             stats,
+            syncs,
         };
         let admin = Arc::new(ClusterAdmin::new(
             raft.clone(),
@@ -463,7 +473,7 @@ impl LogNode {
             lock,
             span,
         };
-        match node.become_ready().await {
+        match node.become_ready(&sync_policy).await {
             Ok(()) => Ok(node),
             Err(e) => {
                 node.shutdown().await;
@@ -476,7 +486,7 @@ impl LogNode {
     /// campaigns at once instead of waiting an election timeout. Then waits until a leader is
     /// known and this node has applied everything in its log. A cluster member waits as long
     /// as it takes for a majority to come up; a standalone node fails after `open_timeout`.
-    async fn become_ready(&self) -> Result<(), LogOpenError> {
+    async fn become_ready(&self, sync_policy: &SyncPolicy) -> Result<(), LogOpenError> {
         let id = self.config.node_id;
         let initialized = self
             .raft
@@ -553,7 +563,16 @@ impl LogNode {
                 .await;
             match ready {
                 Ok(m) => {
-                    tracing::info!(role = %Role::of(&m), term = m.current_term, leader = ?m.current_leader, last_applied = ?m.last_applied.map(|l| l.index), "log ready");
+                    // Lone: no listener for peers, and the only member. Until a membership
+                    // change adds a node, only this node's disk holds the log.
+                    let lone = !clustered
+                        && m.membership_config
+                            .membership()
+                            .nodes()
+                            .map(|(n, _)| *n)
+                            .eq([id]);
+                    sync_policy.set_lone(lone);
+                    tracing::info!(role = %Role::of(&m), term = m.current_term, leader = ?m.current_leader, last_applied = ?m.last_applied.map(|l| l.index), lone, "log ready");
                     return Ok(());
                 }
                 Err(e) => {

@@ -28,6 +28,7 @@ use rocksdb::{
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
@@ -253,6 +254,48 @@ fn io_err(
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
+/// Which appends to the log are fsync'ed before openraft hears they are flushed. Every append
+/// is, unless the node is lone: no peer can reach it and its membership is itself alone, so its
+/// disk is the only copy of the log and what it applies never depends on another node's flush
+/// (standalone, or the active node of an active/standby pair). A lone node writes an append of
+/// volatile entries alone ([`CommandBatch::is_volatile`]: settlements, gets, consumers, ticks)
+/// without an fsync; the next synced write (a publish, a declaration, a snapshot's record)
+/// covers it, since RocksDB has one write-ahead log. A power loss can then take back an
+/// unsynced tail together with the memory that applied it: a restart a little earlier than it
+/// happened, which breaks no promise made to a client. A process crash loses nothing (the
+/// write is in the page cache).
+#[derive(Debug, Default)]
+pub(crate) struct SyncPolicy {
+    lone: AtomicBool,
+}
+
+impl SyncPolicy {
+    /// Set by the node once it is ready, when it finds itself lone.
+    pub(crate) fn set_lone(&self, lone: bool) {
+        self.lone.store(lone, Ordering::Relaxed);
+    }
+
+    /// Whether an append of `entries` must be fsync'ed before it is reported flushed. A
+    /// membership of more than one node ends the lone mode for good (this open), before its
+    /// own entry is written.
+    pub(crate) fn needs_sync(&self, entries: &[LogEntry]) -> bool {
+        let grows = entries.iter().any(|entry| match &entry.payload {
+            EntryPayload::Membership(m) => m.nodes().nth(1).is_some(),
+            _ => false,
+        });
+        if grows {
+            self.set_lone(false);
+        }
+        if !self.lone.load(Ordering::Relaxed) {
+            return true;
+        }
+        !entries.iter().all(|entry| match &entry.payload {
+            EntryPayload::Normal(batch) => batch.is_volatile(),
+            EntryPayload::Blank | EntryPayload::Membership(_) => false,
+        })
+    }
+}
+
 /// The Raft log and vote on RocksDB, with the log's newest entries also in memory
 /// ([`RecentLog`]) and every write made by one writer thread ([`LogWriter`]). Cheap to clone:
 /// clones share all three, which is how openraft's log readers (used by replication) read while
@@ -266,6 +309,7 @@ pub struct LogStore {
     /// later, `log_reclaim`), so reads start after it; and its record reaches RocksDB only once
     /// the stored snapshot covers it (`LogWriter::purge`), so this is the log's state meanwhile.
     purged: Arc<Mutex<Option<LogId>>>,
+    sync: Arc<SyncPolicy>,
 }
 
 impl LogStore {
@@ -278,7 +322,18 @@ impl LogStore {
             recent,
             writer,
             purged: Arc::new(Mutex::new(purged)),
+            sync: Arc::default(),
         })
+    }
+
+    /// How many write groups have been fsync'ed since the store opened.
+    pub(crate) fn syncs(&self) -> Arc<AtomicU64> {
+        self.writer.syncs()
+    }
+
+    /// Which appends are fsync'ed; every one until the node says it is lone.
+    pub(crate) fn sync_policy(&self) -> Arc<SyncPolicy> {
+        self.sync.clone()
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentLog> {
@@ -464,6 +519,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(logs, index_key(entry.log_id.index), value);
         }
         let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
+        let sync = self.sync.needs_sync(&entries);
         {
             let mut recent = self.recent();
             for entry in entries {
@@ -477,9 +533,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // write-ahead log), written synced: fsync'ed before the callback is called. The leader
         // counts its own copy toward the commit quorum on that signal, and a commit is what
         // releases publisher confirms. Calling the callback earlier could confirm a publish
-        // that a power loss then erases.
+        // that a power loss then erases. The one exception is a lone node's append of volatile
+        // entries alone (`SyncPolicy`): nothing it applies is promised to a client, and the
+        // next synced write makes it durable too (one write-ahead log).
         self.writer
-            .submit(batch, true, Done::Appended { ids, callback })
+            .submit(batch, sync, Done::Appended { ids, callback })
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 

@@ -528,3 +528,75 @@ async fn batch_limits_bound_the_commands_and_bytes_of_one_entry() {
     );
     node.shutdown().await;
 }
+
+/// A lone node (no listener for peers, the only member) fsyncs its log for entries that promise
+/// something to a client, such as a declaration, and not for entries whose loss in a power
+/// failure breaks no promise, such as gets; a node that peers can reach fsyncs every entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_fsyncs_only_entries_that_promise_something() {
+    for reachable in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(&dir.path().join("data"));
+        if reachable {
+            config.raft_listen = Some("127.0.0.1:0".parse().unwrap());
+        }
+        let node = tokio::time::timeout(
+            Duration::from_secs(30),
+            LogNode::open(config, Arc::new(RecordingSink::default())),
+        )
+        .await
+        .expect("opens in time")
+        .expect("open");
+        let (proposer, proposals) = proposal_channel(1024);
+        let task = node.spawn_proposer(proposals);
+        node.start_life(1, true).await.expect("node life started");
+        let status = node.status();
+        // One command at a time, each applied before the next: one entry each.
+        let run = |commands: Vec<Command>| {
+            let proposer = proposer.clone();
+            let status = status.clone();
+            async move {
+                for command in commands {
+                    let before = status.applied_counts().1;
+                    proposer.submit(command).await.unwrap();
+                    wait_until("the command applied", Duration::from_secs(10), || {
+                        status.applied_counts().1 > before
+                    })
+                    .await;
+                }
+            }
+        };
+        let start = status.log_syncs();
+        run((0..5).map(|i| queue_declare(i, &format!("q{i}"))).collect()).await;
+        let declared = status.log_syncs();
+        assert!(
+            declared >= start + 5,
+            "each declaration fsync'ed (reachable: {reachable}): {start} -> {declared}"
+        );
+        let get = |i: u64| Command::Get {
+            ch: ChannelRef {
+                conn: conn(i),
+                number: 1,
+                generation: 0,
+            },
+            queue: "q0".into(),
+            no_ack: false,
+        };
+        run((0..20).map(get).collect()).await;
+        let got = status.log_syncs();
+        if reachable {
+            assert!(
+                got >= declared + 20,
+                "every get fsync'ed: {declared} -> {got}"
+            );
+        } else {
+            assert_eq!(got, declared, "no get fsync'ed on a lone node");
+        }
+        drop(proposer);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("proposer exits when the channel closes")
+            .unwrap();
+        node.shutdown().await;
+    }
+}

@@ -84,6 +84,9 @@ impl Conn {
                 )));
             }
             if let Effect::Flow { .. } = effect {
+                tracing::debug!(
+                    "publishing paused: consumers of a queue it publishes to are behind"
+                );
                 self.read_paused_until = Some(Instant::now() + FLOW_PAUSE);
                 continue;
             }

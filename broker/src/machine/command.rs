@@ -58,6 +58,12 @@ pub enum EntryDecodeError {
 }
 
 impl Entry {
+    /// Whether every command of the entry is volatile ([`Command::is_volatile`]); an empty
+    /// entry (a tick that only moves the clock) is.
+    pub fn is_volatile(&self) -> bool {
+        self.commands.iter().all(Command::is_volatile)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         self.encode_into(Vec::new())
     }
@@ -337,6 +343,41 @@ impl Command {
         match self {
             Command::ConnectionClosed { conn } => Some(*conn),
             other => other.channel().map(|ch| ch.conn),
+        }
+    }
+
+    /// Whether losing this command in a power failure, after it was applied and its effects
+    /// sent, breaks no promise made to a client. A lost suffix of the log is as if the node had
+    /// stopped earlier, and what these commands changed is undone by a restart or allowed by
+    /// AMQP's at-least-once delivery: a lost ack, get or recover makes a message ready again
+    /// (delivered again, never lost); consumers, prefetch, channel flow and open channels and
+    /// connections do not survive a restart anyway. Everything that answers with a promise
+    /// (publishes, whose confirm says the message is safe; declarations, bindings, deletions,
+    /// purges; tx.commit) or that changes the cluster (node starts and losses) is not.
+    pub fn is_volatile(&self) -> bool {
+        match self {
+            Command::ConnectionClosed { .. }
+            | Command::ChannelClosed { .. }
+            | Command::Qos { .. }
+            | Command::Consume { .. }
+            | Command::Cancel { .. }
+            | Command::Get { .. }
+            | Command::Settle { .. }
+            | Command::Recover { .. }
+            | Command::Flow { .. } => true,
+            Command::NodeStarted { .. }
+            | Command::NodeLost { .. }
+            | Command::ExchangeDeclare { .. }
+            | Command::ExchangeDelete { .. }
+            | Command::ExchangeBind { .. }
+            | Command::ExchangeUnbind { .. }
+            | Command::QueueDeclare { .. }
+            | Command::QueueBind { .. }
+            | Command::QueueUnbind { .. }
+            | Command::QueuePurge { .. }
+            | Command::QueueDelete { .. }
+            | Command::Publish { .. }
+            | Command::TxCommit { .. } => false,
         }
     }
 

@@ -2260,3 +2260,43 @@ fn snapshot_round_trips_the_state() {
     assert_eq!(State::decode_snapshot(&bytes).unwrap(), b.state);
     assert!(State::decode_snapshot(&[9]).is_err());
 }
+
+/// A log entry may skip its fsync on a lone node only when losing it breaks no promise:
+/// settlements, gets, consumers and prefetch may be lost (the message comes back), a publish or
+/// a declaration may not.
+#[test]
+fn only_entries_without_promises_are_volatile() {
+    let ch = chan(1, 1);
+    let entry = |commands: Vec<Command>| Entry {
+        now_ms: 0,
+        commands,
+        origin: None,
+    };
+    assert!(entry(vec![]).is_volatile(), "a tick");
+    assert!(entry(vec![
+        ack(ch, 1, false),
+        nack(ch, 2, false, true),
+        get(ch, "q", false),
+        qos(ch, 10, false),
+        consume(ch, "q", "t", false),
+        Command::ChannelClosed { ch },
+        Command::ConnectionClosed { conn: ch.conn },
+    ])
+    .is_volatile());
+    for promise in [
+        publish(ch, "", "q", "x"),
+        declare_queue(ch, "q", FieldTable::default()),
+        declare_exchange(ch, "e", "direct"),
+        bind(ch, "q", "e", "k"),
+        Command::QueuePurge {
+            ch,
+            queue: "q".into(),
+            nowait: false,
+        },
+    ] {
+        assert!(
+            !entry(vec![ack(ch, 1, false), promise.clone()]).is_volatile(),
+            "{promise:?}"
+        );
+    }
+}
