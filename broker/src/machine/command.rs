@@ -355,6 +355,8 @@ impl Command {
     /// (publishes, whose confirm says the message is safe; declarations, bindings, deletions,
     /// purges; tx.commit) or that changes the cluster (node starts and losses) is not.
     pub fn is_volatile(&self) -> bool {
+        // Both lists are spelled out, with no catch-all, so that a new command cannot compile
+        // until someone decides whether losing it breaks a promise.
         match self {
             Command::ConnectionClosed { .. }
             | Command::ChannelClosed { .. }
