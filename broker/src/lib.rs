@@ -11,7 +11,8 @@
 //! - `protocol`: frames on the wire (own framing, `amq-protocol` for method bodies).
 //! - `connection`: one task per socket: handshake, heartbeats, channels, content assembly,
 //!   turning methods into commands and effects into frames.
-//! - `dispatch`: routes applied effects to the local connection tasks they name.
+//! - `dispatch`: routes applied effects to the local connection tasks they name;
+//!   `held_effects`: the promises among them that wait for their entry's fsync.
 //! - `server`: `serve(listener, ...)`: accepts sockets until shutdown.
 
 pub mod ids;
@@ -27,5 +28,7 @@ pub mod shared_bytes;
 pub mod connection;
 #[cfg(not(machine_only))]
 pub mod dispatch;
+#[cfg(not(machine_only))]
+mod held_effects;
 #[cfg(not(machine_only))]
 pub mod server;

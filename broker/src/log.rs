@@ -101,9 +101,33 @@ impl ProposalReceiver {
 }
 
 /// Receives the effects of each applied entry, in log order. Called from the state machine's
-/// apply loop: it must not block.
+/// apply loop and from the log's writer thread: no method may block.
+///
+/// An entry may be applied before it is durable: a lone node (standalone, or the active of an
+/// active/standby pair) writes an entry, applies it, and fsyncs it while the next batch fills,
+/// so that deliveries need not wait for the disk. The sink must then hold every effect that
+/// promises something ([`Effect::is_promise`]: a confirm, a declare-ok, ...) until
+/// [`durable`](EffectSink::durable) covers its entry, and keep each connection's effects in
+/// their order. A cluster node writes each entry durably before it can be committed, so there
+/// `durable` is called before the entry is applied and nothing waits.
 pub trait EffectSink: Send + Sync + 'static {
-    fn dispatch(&self, effects: Vec<Effect>);
+    /// The effects of the entry at `index`.
+    fn dispatch(&self, index: u64, effects: Vec<Effect>);
+
+    /// Every entry up to and including `index` is on disk (fsync'ed). Called with rising
+    /// indexes.
+    fn durable(&self, _index: u64) {}
+
+    /// Connection errors for connections whose commands the log can no longer take (it
+    /// stopped, or their batches were abandoned): they go out at once, ahead of anything held
+    /// for those connections, which will not be released now.
+    fn abandon(&self, errors: Vec<Effect>) {
+        self.dispatch(0, errors);
+    }
+
+    /// The log could not make its writes durable (an fsync failed): what was held for clients
+    /// can never be promised, so every local connection should close with an error.
+    fn durability_failed(&self) {}
 
     /// The state was replaced wholesale (a snapshot from the leader was installed): effects of
     /// the entries it covers were never dispatched here, so local connections may have missed
@@ -115,22 +139,15 @@ pub trait EffectSink: Send + Sync + 'static {
 pub struct DiscardEffects;
 
 impl EffectSink for DiscardEffects {
-    fn dispatch(&self, _effects: Vec<Effect>) {}
+    fn dispatch(&self, _index: u64, _effects: Vec<Effect>) {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ChannelRef, ConnId};
+    use crate::ids::ChannelRef;
     use crate::machine::command::Settle;
-
-    fn conn(seq: u64) -> ConnId {
-        ConnId {
-            node: 1,
-            epoch: 1,
-            seq,
-        }
-    }
+    use crate::machine::tests::testkit::conn;
 
     #[tokio::test]
     async fn the_consumer_lane_overtakes_queued_commands_and_each_lane_keeps_its_order() {

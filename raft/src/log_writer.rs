@@ -6,18 +6,27 @@
 //! through this queue, so writes reach the database in the order the core made them. The thread
 //! takes whatever is queued and writes it with one fsync at the end: a synced RocksDB write
 //! makes its write-ahead log durable up to and including every earlier write, so this is group
-//! commit across appends. Only after that fsync are the appends' callbacks called, in order.
+//! commit across appends. Only after that fsync are the appends' callbacks called, in order,
+//! and the effect sink told which entries are durable.
+//!
+//! A lone node's appends ([`Durability::SyncedAfter`], [`Durability::Unsynced`]) are reported
+//! as soon as they are written, before the fsync: openraft applies them while the disk syncs,
+//! and the effect sink holds their promises until it hears `durable`. A failed fsync after such
+//! a report can no longer be told to openraft through those callbacks, so the writer fails
+//! every later write (openraft then stops) and tells the sink to close its connections.
 //!
 //! Between groups it also drops table files that durable purges left behind (`log_reclaim`).
 
 use crate::log_reclaim::{Reclaim, DROP_SPACING};
+use crate::log_syncer::LogSyncer;
 use crate::recent_log::RecentLog;
 use crate::state_machine::stored_snapshot_index;
-use crate::store::{synced, StoreError};
+use crate::store::{synced, Durability, StoreError};
 use crate::types::{LogId, TypeConfig};
 use openraft::storage::LogFlushed;
+use raftmq_broker::log::EffectSink;
 use rocksdb::{WriteBatch, WriteOptions, DB};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
@@ -38,7 +47,7 @@ pub(crate) enum Done {
 
 struct Job {
     batch: WriteBatch,
-    sync: bool,
+    durability: Durability,
     done: Done,
     /// A purge of the log up to this index: once it is durable, its table files may go.
     purged: Option<u64>,
@@ -50,7 +59,14 @@ struct Job {
 /// RocksDB abort).
 #[derive(Clone)]
 pub(crate) struct LogWriter {
+    /// Declared before `syncer`: the writer thread ends first, then the sync thread makes the
+    /// last fsync asked for.
     thread: Arc<WriterThread>,
+    syncer: Arc<LogSyncer>,
+    db: Arc<DB>,
+    recent: Arc<Mutex<RecentLog>>,
+    /// Jobs queued to the writer thread and not yet reported.
+    queued: Arc<AtomicUsize>,
     /// Groups written with an fsync since the writer started.
     syncs: Arc<AtomicU64>,
 }
@@ -78,19 +94,42 @@ impl LogWriter {
     pub(crate) fn start(
         db: Arc<DB>,
         recent: Arc<Mutex<RecentLog>>,
+        sink: Arc<dyn EffectSink>,
     ) -> Result<LogWriter, StoreError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
+        let syncer = Arc::new(
+            LogSyncer::start(db.clone(), sink.clone(), syncs.clone())
+                .map_err(StoreError::Thread)?,
+        );
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (theirs_db, theirs_recent, theirs_syncer, theirs_queued) =
+            (db.clone(), recent.clone(), syncer.clone(), queued.clone());
         let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || write_loop(&db, &recent, &queue, &counted))
+            .spawn(move || {
+                let mut writer = Writer {
+                    db: &theirs_db,
+                    recent: &theirs_recent,
+                    sink: sink.as_ref(),
+                    syncs: &counted,
+                    syncer: &theirs_syncer,
+                    queued: &theirs_queued,
+                    failed: None,
+                };
+                writer.run(&queue)
+            })
             .map_err(StoreError::Thread)?;
         Ok(LogWriter {
             thread: Arc::new(WriterThread {
                 jobs: Some(jobs),
                 handle: Some(handle),
             }),
+            syncer,
+            db,
+            recent,
+            queued,
             syncs,
         })
     }
@@ -100,16 +139,16 @@ impl LogWriter {
         self.syncs.clone()
     }
 
-    /// Queues a write; `done` hears of it when it (and its fsync, if `sync`) is complete.
+    /// Queues a write; `done` hears of it as `durability` says.
     pub(crate) fn submit(
         &self,
         batch: WriteBatch,
-        sync: bool,
+        durability: Durability,
         done: Done,
     ) -> Result<(), StoreError> {
         self.send(Job {
             batch,
-            sync,
+            durability,
             done,
             purged: None,
         })
@@ -124,61 +163,197 @@ impl LogWriter {
     pub(crate) fn purge(&self, batch: WriteBatch, index: u64) -> Result<(), StoreError> {
         self.send(Job {
             batch,
-            sync: true,
+            durability: Durability::SyncedFirst,
             done: Done::Nothing,
             purged: Some(index),
         })
     }
 
+    /// Appends entries. A lone node's small append (`durability` is not
+    /// [`Durability::SyncedFirst`]) is written on the caller's thread and reported at once when
+    /// the writer thread has nothing queued and no background fsync runs, which saves two
+    /// thread hand-offs per entry; the sync thread fsyncs it afterwards. Anything else is
+    /// queued to the writer thread, so that writes keep their order; there a small append is
+    /// still reported before its fsync, but the writer makes that fsync itself before the next
+    /// group, so that a busier log turns once per fsync. An append of volatile entries alone
+    /// asks for no fsync, so it need not wait for the sync thread to be idle.
+    pub(crate) fn append(
+        &self,
+        batch: WriteBatch,
+        durability: Durability,
+        ids: Vec<LogId>,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StoreError> {
+        let direct = match durability {
+            Durability::SyncedFirst => false,
+            Durability::SyncedAfter => !self.syncer.busy(),
+            Durability::Unsynced => true,
+        } && self.queued.load(Ordering::Acquire) == 0
+            && self.syncer.failed().is_none();
+        if !direct {
+            return self.submit(batch, durability, Done::Appended { ids, callback });
+        }
+        let last = ids.last().map(|id| id.index);
+        let result = self.db.write_opt(batch, &WriteOptions::default());
+        if let (Ok(()), Durability::SyncedAfter, Some(index)) = (&result, durability, last) {
+            self.syncer.request(index);
+        }
+        finish(&self.recent, vec![Done::Appended { ids, callback }], result);
+        Ok(())
+    }
+
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.thread
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self
+            .thread
             .jobs
             .as_ref()
             .ok_or(StoreError::WriterGone)?
             .send(job)
-            .map_err(|_| StoreError::WriterGone)
+            .map_err(|_| StoreError::WriterGone);
+        if sent.is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
     }
 
-    /// Queues a write and waits for it.
+    /// Queues a write and waits for it (and for its fsync, if `sync`).
     pub(crate) async fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.submit(batch, sync, Done::Reply(tx))?;
+        let durability = if sync {
+            Durability::SyncedFirst
+        } else {
+            Durability::Unsynced
+        };
+        self.submit(batch, durability, Done::Reply(tx))?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 }
 
-fn write_loop(db: &DB, recent: &Mutex<RecentLog>, queue: &mpsc::Receiver<Job>, syncs: &AtomicU64) {
-    let mut group = Vec::new();
-    // A purge waiting for the stored snapshot to cover it (`LogWriter::purge`).
-    let mut held: Option<Job> = None;
-    let mut reclaim = Reclaim::default();
-    loop {
-        let first = if held.is_some() || reclaim.pending() {
-            match queue.recv_timeout(DROP_SPACING) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
+struct Writer<'a> {
+    db: &'a DB,
+    recent: &'a Mutex<RecentLog>,
+    sink: &'a dyn EffectSink,
+    syncs: &'a AtomicU64,
+    /// Fsyncs a lone node's fully reported groups in the background.
+    syncer: &'a LogSyncer,
+    /// Jobs queued and not yet reported; lowered as each group is reported.
+    queued: &'a AtomicUsize,
+    /// Set when an fsync failed after some of its writes were already reported: every later
+    /// job fails with it.
+    failed: Option<rocksdb::Error>,
+}
+
+impl Writer<'_> {
+    fn run(&mut self, queue: &mpsc::Receiver<Job>) {
+        let db = self.db;
+        let mut group = Vec::new();
+        // A purge waiting for the stored snapshot to cover it (`LogWriter::purge`).
+        let mut held: Option<Job> = None;
+        let mut reclaim = Reclaim::default();
+        loop {
+            let first = if held.is_some() || reclaim.pending() {
+                match queue.recv_timeout(DROP_SPACING) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match queue.recv() {
+                    Ok(job) => Some(job),
+                    Err(_) => return,
+                }
+            };
+            if let Some(first) = first {
+                group.push(first);
+                while group.len() < MAX_JOBS_PER_SYNC {
+                    match queue.try_recv() {
+                        Ok(job) => group.push(job),
+                        Err(_) => break,
+                    }
+                }
             }
-        } else {
-            match queue.recv() {
-                Ok(job) => Some(job),
-                Err(_) => return,
+            let taken = group.len();
+            hold_purges(db, &mut group, &mut held);
+            if !group.is_empty() {
+                self.write_group(&mut group, &mut reclaim);
             }
-        };
-        if let Some(first) = first {
-            group.push(first);
-            while group.len() < MAX_JOBS_PER_SYNC {
-                match queue.try_recv() {
-                    Ok(job) => group.push(job),
-                    Err(_) => break,
+            // A held purge counts as reported: it stays out of the way of direct appends,
+            // which never conflict with it.
+            self.queued.fetch_sub(taken, Ordering::AcqRel);
+            reclaim.step(db, Instant::now());
+        }
+    }
+
+    /// Writes a group with one fsync at the end if any job asked for one, and reports to each
+    /// job: a leading run of lone appends before the fsync, the rest after it.
+    fn write_group(&mut self, group: &mut Vec<Job>, reclaim: &mut Reclaim) {
+        if self.failed.is_none() {
+            self.failed = self.syncer.failed();
+        }
+        if let Some(e) = &self.failed {
+            let dones = group.drain(..).map(|job| job.done).collect();
+            finish(self.recent, dones, Err(e.clone()));
+            return;
+        }
+        let sync = group.iter().any(|j| j.durability != Durability::Unsynced);
+        // Jobs reported as soon as they are written: the leading run that does not wait for
+        // the fsync. Reports stay in queue order.
+        let early = group
+            .iter()
+            .take_while(|j| j.durability != Durability::SyncedFirst)
+            .count();
+        let appended = group
+            .iter()
+            .filter_map(|j| match &j.done {
+                Done::Appended { ids, .. } => ids.last().map(|id| id.index),
+                _ => None,
+            })
+            .max();
+        let last = group.len() - 1;
+        let mut result = Ok(());
+        let mut dones = Vec::with_capacity(group.len());
+        let mut purged = None;
+        for (i, job) in group.drain(..).enumerate() {
+            purged = job.purged.or(purged);
+            if result.is_ok() {
+                // Durability: when nothing is reported early, the group's last write is synced
+                // if any of the group asked for it, which makes every earlier write of the
+                // group durable too (one WAL). Otherwise the fsync follows the early reports.
+                let opts = if i == last && sync && early == 0 {
+                    synced()
+                } else {
+                    WriteOptions::default()
+                };
+                result = self.db.write_opt(job.batch, &opts);
+            }
+            dones.push(job.done);
+        }
+        if early > 0 {
+            let rest = dones.split_off(early);
+            finish(self.recent, dones, result.clone());
+            dones = rest;
+            if sync && result.is_ok() {
+                result = self.db.flush_wal(true);
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "syncing the raft log failed after its entries were applied; failing every later write");
+                    self.failed = Some(e.clone());
+                    self.sink.durability_failed();
                 }
             }
         }
-        hold_purges(db, &mut group, &mut held);
-        if !group.is_empty() {
-            write_group(db, recent, &mut group, &mut reclaim, syncs);
+        if sync && result.is_ok() {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            if let Some(index) = appended {
+                // Before the callbacks below, so that a cluster node never holds anything.
+                self.sink.durable(index);
+            }
         }
-        reclaim.step(db, Instant::now());
+        if let (Some(index), Ok(())) = (purged, &result) {
+            // Durable: the group ends with a synced write, since a purge asks for one.
+            reclaim.purged(index);
+        }
+        finish(self.recent, dones, result);
     }
 }
 
@@ -203,43 +378,6 @@ fn hold_purges(db: &DB, group: &mut Vec<Job>, held: &mut Option<Job>) {
     if covered {
         group.extend(held.take());
     }
-}
-
-/// Writes a group with one fsync at the end if any job asked for one, then reports to each.
-fn write_group(
-    db: &DB,
-    recent: &Mutex<RecentLog>,
-    group: &mut Vec<Job>,
-    reclaim: &mut Reclaim,
-    syncs: &AtomicU64,
-) {
-    let sync = group.iter().any(|j| j.sync);
-    let last = group.len() - 1;
-    let mut result = Ok(());
-    let mut dones = Vec::with_capacity(group.len());
-    let mut purged = None;
-    for (i, job) in group.drain(..).enumerate() {
-        purged = job.purged.or(purged);
-        if result.is_ok() {
-            // Durability: the group's last write is synced when any of the group asked for
-            // it, which makes every earlier write of the group durable too (one WAL).
-            let opts = if i == last && sync {
-                synced()
-            } else {
-                WriteOptions::default()
-            };
-            result = db.write_opt(job.batch, &opts);
-        }
-        dones.push(job.done);
-    }
-    if sync && result.is_ok() {
-        syncs.fetch_add(1, Ordering::Relaxed);
-    }
-    if let (Some(index), Ok(())) = (purged, &result) {
-        // Durable: the group ends with a synced write, since a purge asks for one.
-        reclaim.purged(index);
-    }
-    finish(recent, dones, result);
 }
 
 /// Reports a group's outcome to each of its jobs, in queue order.

@@ -574,6 +574,6 @@ impl Batcher {
                 method_id: 0,
             })
             .collect();
-        self.sink.dispatch(effects);
+        self.sink.abandon(effects);
     }
 }

@@ -313,12 +313,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 match &entry.payload {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(batch) => {
-                        let effects = applied.state.apply(entry.log_id.index, batch);
+                        let index = entry.log_id.index;
+                        let effects = applied.state.apply(index, batch);
                         entry_count += 1;
                         command_count += batch.commands.len() as u64;
                         bytes += batch.approx_size() as u64;
                         if !effects.is_empty() {
-                            effects_per_entry.push(effects);
+                            effects_per_entry.push((index, effects));
                         }
                     }
                     EntryPayload::Membership(membership) => {
@@ -339,8 +340,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .fetch_add(bytes, Ordering::Relaxed);
         // Effects leave after the lock is released (the sink must not block, but a reader of the
         // state should not wait for dispatch either), one call per entry, in log order.
-        for effects in effects_per_entry {
-            self.sink.dispatch(effects);
+        for (index, effects) in effects_per_entry {
+            self.sink.dispatch(index, effects);
         }
         Ok(responses)
     }
@@ -460,8 +461,8 @@ pub(crate) fn open_stores(
     db: Arc<DB>,
     sink: Arc<dyn EffectSink>,
 ) -> Result<(crate::store::LogStore, StateMachineStore), StoreError> {
-    let sm = StateMachineStore::open(db.clone(), sink)?;
-    Ok((crate::store::LogStore::new(db)?, sm))
+    let sm = StateMachineStore::open(db.clone(), sink.clone())?;
+    Ok((crate::store::LogStore::new(db, sink)?, sm))
 }
 
 #[cfg(test)]

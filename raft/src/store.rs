@@ -19,6 +19,7 @@ use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, Membership, OptionalSend, StorageIOError,
 };
 use raftmq_broker::ids::NodeId;
+use raftmq_broker::log::EffectSink;
 use raftmq_broker::machine::command::Entry as CommandBatch;
 use raftmq_broker::shared_bytes;
 use rocksdb::{
@@ -254,16 +255,40 @@ fn io_err(
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
-/// Which appends to the log are fsync'ed before openraft hears they are flushed. Every append
-/// is, unless the node is lone: no peer can reach it and its membership is itself alone, so its
-/// disk is the only copy of the log and what it applies never depends on another node's flush
-/// (standalone, or the active node of an active/standby pair). A lone node writes an append of
-/// volatile entries alone ([`CommandBatch::is_volatile`]: settlements, gets, consumers, ticks)
-/// without an fsync; the next synced write (a publish, a declaration, a snapshot's record)
-/// covers it, since RocksDB has one write-ahead log. A power loss can then take back an
-/// unsynced tail together with the memory that applied it: a restart a little earlier than it
-/// happened, which breaks no promise made to a client. A process crash loses nothing (the
-/// write is in the page cache).
+/// How an append reaches the disk, and when openraft hears it is flushed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Written and fsync'ed, then reported flushed: a cluster node, whose flush counts toward
+    /// a commit that another node may act on.
+    SyncedFirst,
+    /// Written, reported flushed, then fsync'ed: a lone node applies the entry (and delivers
+    /// its messages) while the disk syncs; the effect sink holds the entry's promises
+    /// (confirms, declare-oks) until the fsync is done.
+    SyncedAfter,
+    /// Written and reported flushed, with no fsync of its own: a lone node's append of volatile
+    /// entries alone, which the next synced write covers.
+    Unsynced,
+}
+
+/// Which appends to the log are fsync'ed, and whether openraft hears of an append before its
+/// fsync. On a cluster node every append is fsync'ed first. A node is lone when no peer can
+/// reach it and its membership is itself alone (standalone, or the active node of an
+/// active/standby pair): its disk is the only copy of the log, and what it applies depends on
+/// no other node's flush. A lone node reports a small append (a few commands: a light load)
+/// flushed as soon as it is written (readable), so openraft commits and applies it at once,
+/// and fsyncs it afterwards ([`Durability::SyncedAfter`]); the broker holds every effect that
+/// promises something until that fsync. A larger append is fsync'ed first, as on a cluster
+/// node: under load, the fsync is what lets the next batch fill up while it runs, and batches
+/// turned faster cost more than they save (docs/benchmarks.md, session 11). An append of volatile entries alone ([`CommandBatch::is_volatile`]:
+/// settlements, gets, consumers, ticks) is not fsync'ed at all: the next synced write (a
+/// publish, a declaration, a snapshot's record) covers it, since RocksDB has one write-ahead
+/// log. A power loss can then take back an unsynced tail together with the memory that applied
+/// it: a restart a little earlier than it happened, which breaks no promise made to a client,
+/// since none was made for that tail. A process crash loses nothing (the write is in the page
+/// cache).
+/// Most commands in a lone node's append that is reported before its fsync (`SyncPolicy`).
+const EARLY_COMMANDS: usize = 16;
+
 #[derive(Debug, Default)]
 pub(crate) struct SyncPolicy {
     lone: AtomicBool,
@@ -275,10 +300,9 @@ impl SyncPolicy {
         self.lone.store(lone, Ordering::Relaxed);
     }
 
-    /// Whether an append of `entries` must be fsync'ed before it is reported flushed. A
-    /// membership of more than one node ends the lone mode for good (this open), before its
-    /// own entry is written.
-    pub(crate) fn needs_sync(&self, entries: &[LogEntry]) -> bool {
+    /// How an append of `entries` is written. A membership of more than one node ends the
+    /// lone mode for good (this open), before its own entry is written.
+    pub(crate) fn durability(&self, entries: &[LogEntry]) -> Durability {
         let grows = entries.iter().any(|entry| match &entry.payload {
             EntryPayload::Membership(m) => m.nodes().nth(1).is_some(),
             _ => false,
@@ -287,12 +311,26 @@ impl SyncPolicy {
             self.set_lone(false);
         }
         if !self.lone.load(Ordering::Relaxed) {
-            return true;
+            return Durability::SyncedFirst;
         }
-        !entries.iter().all(|entry| match &entry.payload {
+        let volatile = entries.iter().all(|entry| match &entry.payload {
             EntryPayload::Normal(batch) => batch.is_volatile(),
             EntryPayload::Blank | EntryPayload::Membership(_) => false,
-        })
+        });
+        let commands: usize = entries
+            .iter()
+            .map(|entry| match &entry.payload {
+                EntryPayload::Normal(batch) => batch.commands.len(),
+                EntryPayload::Blank | EntryPayload::Membership(_) => 1,
+            })
+            .sum();
+        if volatile {
+            Durability::Unsynced
+        } else if commands <= EARLY_COMMANDS {
+            Durability::SyncedAfter
+        } else {
+            Durability::SyncedFirst
+        }
     }
 }
 
@@ -313,9 +351,10 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Result<LogStore, StoreError> {
+    /// The log store on `db`; `sink` hears which entries are durable (`EffectSink::durable`).
+    pub(crate) fn new(db: Arc<DB>, sink: Arc<dyn EffectSink>) -> Result<LogStore, StoreError> {
         let recent = Arc::new(Mutex::new(RecentLog::new(RecentLimits::default())));
-        let writer = LogWriter::start(db.clone(), recent.clone())?;
+        let writer = LogWriter::start(db.clone(), recent.clone(), sink)?;
         let purged: Option<LogId> = read_meta(&db, KEY_LAST_PURGED, "last purged log id")?;
         Ok(LogStore {
             db,
@@ -488,7 +527,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.put_cf(cf(&self.db, CF_META), KEY_COMMITTED, value);
         self.writer
-            .submit(batch, false, Done::Nothing)
+            .submit(batch, Durability::Unsynced, Done::Nothing)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
@@ -519,7 +558,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(logs, index_key(entry.log_id.index), value);
         }
         let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
-        let sync = self.sync.needs_sync(&entries);
+        let durability = self.sync.durability(&entries);
+
         {
             let mut recent = self.recent();
             for entry in entries {
@@ -530,14 +570,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // tells openraft, through `callback`, that they are flushed.
         //
         // Durability: every entry of this call goes into ONE write batch (atomic in RocksDB's
-        // write-ahead log), written synced: fsync'ed before the callback is called. The leader
-        // counts its own copy toward the commit quorum on that signal, and a commit is what
-        // releases publisher confirms. Calling the callback earlier could confirm a publish
-        // that a power loss then erases. The one exception is a lone node's append of volatile
-        // entries alone (`SyncPolicy`): nothing it applies is promised to a client, and the
-        // next synced write makes it durable too (one write-ahead log).
+        // write-ahead log). On a cluster node it is fsync'ed before the callback is called: the
+        // leader counts its own copy toward the commit quorum on that signal, and a commit is
+        // what lets any node release publisher confirms, so an earlier callback could confirm
+        // a publish that a power loss then erases. A lone node's callback comes before the
+        // fsync (`SyncPolicy`); only its own effect sink releases promises, and only once the
+        // writer reports the fsync (`EffectSink::durable`).
         self.writer
-            .submit(batch, sync, Done::Appended { ids, callback })
+            .append(batch, durability, ids, callback)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 
@@ -589,6 +629,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
     use openraft::CommittedLeaderId;
+    use raftmq_broker::log::DiscardEffects;
     use raftmq_broker::machine::command::Command;
     use std::collections::{BTreeMap, BTreeSet};
 
@@ -685,7 +726,7 @@ mod tests {
             entries.iter().map(|e| e.log_id.index).collect()
         };
 
-        let mut store = LogStore::new(db.clone()).unwrap();
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
         store_snapshot_meta(&db, 4);
         store.purge(log_id(1, 6)).await.unwrap();
         assert_eq!(
@@ -703,7 +744,7 @@ mod tests {
         );
         drop(store);
 
-        let mut store = LogStore::new(db.clone()).unwrap();
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
         assert_eq!(
             indexes(store.try_get_log_entries(3..9).await.unwrap()),
             [7, 8]
@@ -718,7 +759,7 @@ mod tests {
 
         // Everything purged, the entries still stored: the log is empty, and its last id is
         // the last purged one.
-        let mut store = LogStore::new(db).unwrap();
+        let mut store = LogStore::new(db, Arc::new(DiscardEffects)).unwrap();
         assert!(store.try_get_log_entries(0..).await.unwrap().is_empty());
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id, Some(log_id(1, 10)));

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use raftmq_broker::ids::{ChannelRef, ConnId};
-use raftmq_broker::log::{proposal_channel, EffectSink};
+use raftmq_broker::log::{proposal_channel, EffectSink, Proposer};
 use raftmq_broker::machine::command::{Command, Publish, PublishedMessage};
 use raftmq_broker::machine::effect::Effect;
 use raftmq_broker::reply_code::CONNECTION_FORCED;
@@ -14,10 +14,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Records every effect batch it is given.
+/// Records every effect batch it is given, and the order in which entries were dispatched and
+/// reported durable.
 #[derive(Default)]
 struct RecordingSink {
     batches: Mutex<Vec<Vec<Effect>>>,
+    events: Mutex<Vec<SinkEvent>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum SinkEvent {
+    /// The effects of the entry at this index, holding a promise or not.
+    Dispatched { index: u64, promise: bool },
+    /// Every entry up to this index is durable.
+    Durable(u64),
 }
 
 impl RecordingSink {
@@ -33,8 +43,17 @@ impl RecordingSink {
 }
 
 impl EffectSink for RecordingSink {
-    fn dispatch(&self, effects: Vec<Effect>) {
+    fn dispatch(&self, index: u64, effects: Vec<Effect>) {
+        let promise = effects.iter().any(Effect::is_promise);
+        self.events
+            .lock()
+            .unwrap()
+            .push(SinkEvent::Dispatched { index, promise });
         self.batches.lock().unwrap().push(effects);
+    }
+
+    fn durable(&self, index: u64) {
+        self.events.lock().unwrap().push(SinkEvent::Durable(index));
     }
 }
 
@@ -56,6 +75,37 @@ async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Opens a one-member node under `dir` (with a transport listener, so never lone, when
+/// `reachable`), starts its proposer and its first life.
+async fn start_node(
+    dir: &Path,
+    reachable: bool,
+    sink: Arc<RecordingSink>,
+) -> (LogNode, Proposer, tokio::task::JoinHandle<()>) {
+    let mut config = config(&dir.join("data"));
+    if reachable {
+        config.raft_listen = Some("127.0.0.1:0".parse().unwrap());
+    }
+    let node = tokio::time::timeout(Duration::from_secs(30), LogNode::open(config, sink))
+        .await
+        .expect("opens in time")
+        .expect("open");
+    let (proposer, proposals) = proposal_channel(1024);
+    let task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
+    (node, proposer, task)
+}
+
+/// Closes the proposal channel, waits for the proposer to finish, and shuts the node down.
+async fn stop_node(node: LogNode, proposer: Proposer, task: tokio::task::JoinHandle<()>) {
+    drop(proposer);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("proposer exits when the channel closes")
+        .unwrap();
+    node.shutdown().await;
 }
 
 fn conn(seq: u64) -> ConnId {
@@ -536,20 +586,8 @@ async fn batch_limits_bound_the_commands_and_bytes_of_one_entry() {
 async fn a_lone_node_fsyncs_only_entries_that_promise_something() {
     for reachable in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = config(&dir.path().join("data"));
-        if reachable {
-            config.raft_listen = Some("127.0.0.1:0".parse().unwrap());
-        }
-        let node = tokio::time::timeout(
-            Duration::from_secs(30),
-            LogNode::open(config, Arc::new(RecordingSink::default())),
-        )
-        .await
-        .expect("opens in time")
-        .expect("open");
-        let (proposer, proposals) = proposal_channel(1024);
-        let task = node.spawn_proposer(proposals);
-        node.start_life(1, true).await.expect("node life started");
+        let (node, proposer, task) =
+            start_node(dir.path(), reachable, Arc::new(RecordingSink::default())).await;
         let status = node.status();
         // One command at a time, each applied before the next: one entry each.
         let run = |commands: Vec<Command>| {
@@ -568,11 +606,12 @@ async fn a_lone_node_fsyncs_only_entries_that_promise_something() {
         };
         let start = status.log_syncs();
         run((0..5).map(|i| queue_declare(i, &format!("q{i}"))).collect()).await;
+        // A lone node may apply a declaration before its fsync, which then follows.
+        wait_until("each declaration fsync'ed", Duration::from_secs(10), || {
+            status.log_syncs() >= start + 5
+        })
+        .await;
         let declared = status.log_syncs();
-        assert!(
-            declared >= start + 5,
-            "each declaration fsync'ed (reachable: {reachable}): {start} -> {declared}"
-        );
         let get = |i: u64| Command::Get {
             ch: ChannelRef {
                 conn: conn(i),
@@ -592,11 +631,80 @@ async fn a_lone_node_fsyncs_only_entries_that_promise_something() {
         } else {
             assert_eq!(got, declared, "no get fsync'ed on a lone node");
         }
-        drop(proposer);
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("proposer exits when the channel closes")
-            .unwrap();
-        node.shutdown().await;
+        stop_node(node, proposer, task).await;
+    }
+}
+
+/// Every entry whose effects promise something (here, declare-oks) is reported durable to the
+/// effect sink, which is what releases those effects to clients. A node that peers can reach
+/// fsyncs each entry before it is applied, so the report comes before the effects and the
+/// broker holds nothing; a lone node may apply first, and the report follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_promise_is_reported_durable_and_a_reachable_node_reports_it_first() {
+    for reachable in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = Arc::new(RecordingSink::default());
+        let (node, proposer, task) = start_node(dir.path(), reachable, sink.clone()).await;
+        for i in 0..10 {
+            proposer
+                .submit(queue_declare(i, &format!("q{i}")))
+                .await
+                .unwrap();
+        }
+        let promised = || -> Vec<u64> {
+            let events = sink.events.lock().unwrap();
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    SinkEvent::Dispatched {
+                        index,
+                        promise: true,
+                    } => Some(*index),
+                    _ => None,
+                })
+                .collect()
+        };
+        let durable = || -> u64 {
+            let events = sink.events.lock().unwrap();
+            events
+                .iter()
+                .filter_map(|e| match e {
+                    SinkEvent::Durable(index) => Some(*index),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0)
+        };
+        wait_until(
+            "ten declare-oks dispatched",
+            Duration::from_secs(10),
+            || sink.effects().iter().filter(|e| e.is_promise()).count() >= 10,
+        )
+        .await;
+        let last = *promised().iter().max().expect("promises dispatched");
+        wait_until(
+            "the last declaration reported durable",
+            Duration::from_secs(10),
+            || durable() >= last,
+        )
+        .await;
+        if reachable {
+            let events = sink.events.lock().unwrap().clone();
+            let mut seen = 0;
+            for event in events {
+                match event {
+                    SinkEvent::Durable(index) => seen = seen.max(index),
+                    SinkEvent::Dispatched {
+                        index,
+                        promise: true,
+                    } => assert!(
+                        seen >= index,
+                        "entry {index} applied before it was reported durable (up to {seen})"
+                    ),
+                    SinkEvent::Dispatched { .. } => {}
+                }
+            }
+        }
+        stop_node(node, proposer, task).await;
     }
 }

@@ -135,6 +135,43 @@ impl Effect {
         }
     }
 
+    /// Whether carrying this effect out tells the client that something is stored for good: a
+    /// publish confirmed, a transaction committed, an exchange, queue or binding declared or
+    /// deleted, a queue purged. A node that applies entries before their fsync (a lone node,
+    /// `EffectSink::dispatch`) holds such an effect until its entry is durable; everything else,
+    /// deliveries above all, may reach the client at once. Listed in full, with no catch-all,
+    /// so that a new effect or reply cannot compile until someone decides which it is.
+    pub fn is_promise(&self) -> bool {
+        match self {
+            Effect::Confirm { .. } | Effect::CancelConsumer { .. } => true,
+            Effect::Reply { reply, .. } => match reply {
+                Reply::ExchangeDeclareOk
+                | Reply::ExchangeDeleteOk
+                | Reply::ExchangeBindOk
+                | Reply::ExchangeUnbindOk
+                | Reply::QueueDeclareOk { .. }
+                | Reply::QueueBindOk
+                | Reply::QueueUnbindOk
+                | Reply::QueuePurgeOk { .. }
+                | Reply::QueueDeleteOk { .. }
+                | Reply::TxCommitOk => true,
+                Reply::QosOk
+                | Reply::ConsumeOk { .. }
+                | Reply::CancelOk { .. }
+                | Reply::GetEmpty
+                | Reply::RecoverOk
+                | Reply::FlowOk { .. }
+                | Reply::ChannelCloseOk => false,
+            },
+            Effect::Deliver { .. }
+            | Effect::GetOk { .. }
+            | Effect::Return { .. }
+            | Effect::ChannelError { .. }
+            | Effect::Flow { .. }
+            | Effect::ConnectionError { .. } => false,
+        }
+    }
+
     /// The connection that carries this effect out.
     pub fn conn(&self) -> ConnId {
         match self {

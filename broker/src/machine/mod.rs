@@ -28,7 +28,7 @@ mod delivery;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use crate::ids::{ChannelRef, ConnId};
 use bytes::Bytes;

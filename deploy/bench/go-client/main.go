@@ -1,5 +1,5 @@
-// A second load generator for deploy/bench/compare-go.sh, written on another client library
-// (github.com/rabbitmq/amqp091-go, the Go client RabbitMQ maintains) so that RaftMQ's ratios
+// A second load generator for `deploy/bench/compare.sh --client go`, written on another client
+// library (github.com/rabbitmq/amqp091-go, the Go client RabbitMQ maintains) so that RaftMQ's ratios
 // against RabbitMQ are not an artefact of one client. Modelled on PerfTest's defaults: manual
 // acks, one ack per message unless -multi-ack is given, no prefetch limit unless -prefetch
 // is given, publishers as fast as they can or with -confirm N publishes awaiting a confirm.
