@@ -8,8 +8,6 @@
 //!   stretch openraft reads back for applying and replicating).
 //! - `log_writer`: the one thread that writes the log store's batches in order, one fsync per
 //!   group of appends.
-//! - `log_syncer`: the thread that fsyncs a lone node's log behind the writer, and tells the
-//!   broker how far it is durable.
 //! - `log_reclaim`: drops the table files of purged log entries, one at a time.
 //! - [`state_machine`]: the state-machine store: broker `State` in memory, effects to the
 //!   broker's `EffectSink`, snapshots.
@@ -29,7 +27,6 @@
 pub mod cluster;
 pub mod lock;
 mod log_reclaim;
-mod log_syncer;
 mod log_writer;
 pub mod network;
 pub mod node;

@@ -18,7 +18,6 @@
 //! Between groups it also drops table files that durable purges left behind (`log_reclaim`).
 
 use crate::log_reclaim::{Reclaim, DROP_SPACING};
-use crate::log_syncer::LogSyncer;
 use crate::recent_log::RecentLog;
 use crate::state_machine::stored_snapshot_index;
 use crate::store::{synced, Durability, StoreError};
@@ -26,7 +25,7 @@ use crate::types::{LogId, TypeConfig};
 use openraft::storage::LogFlushed;
 use raftmq_broker::log::EffectSink;
 use rocksdb::{WriteBatch, WriteOptions, DB};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
@@ -59,14 +58,7 @@ struct Job {
 /// RocksDB abort).
 #[derive(Clone)]
 pub(crate) struct LogWriter {
-    /// Declared before `syncer`: the writer thread ends first, then the sync thread makes the
-    /// last fsync asked for.
     thread: Arc<WriterThread>,
-    syncer: Arc<LogSyncer>,
-    db: Arc<DB>,
-    recent: Arc<Mutex<RecentLog>>,
-    /// Jobs queued to the writer thread and not yet reported.
-    queued: Arc<AtomicUsize>,
     /// Groups written with an fsync since the writer started.
     syncs: Arc<AtomicU64>,
 }
@@ -99,23 +91,14 @@ impl LogWriter {
         let (jobs, queue) = mpsc::channel::<Job>();
         let syncs = Arc::new(AtomicU64::new(0));
         let counted = syncs.clone();
-        let syncer = Arc::new(
-            LogSyncer::start(db.clone(), sink.clone(), syncs.clone())
-                .map_err(StoreError::Thread)?,
-        );
-        let queued = Arc::new(AtomicUsize::new(0));
-        let (theirs_db, theirs_recent, theirs_syncer, theirs_queued) =
-            (db.clone(), recent.clone(), syncer.clone(), queued.clone());
         let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || {
                 let mut writer = Writer {
-                    db: &theirs_db,
-                    recent: &theirs_recent,
+                    db: &db,
+                    recent: &recent,
                     sink: sink.as_ref(),
                     syncs: &counted,
-                    syncer: &theirs_syncer,
-                    queued: &theirs_queued,
                     failed: None,
                 };
                 writer.run(&queue)
@@ -126,10 +109,6 @@ impl LogWriter {
                 jobs: Some(jobs),
                 handle: Some(handle),
             }),
-            syncer,
-            db,
-            recent,
-            queued,
             syncs,
         })
     }
@@ -169,52 +148,13 @@ impl LogWriter {
         })
     }
 
-    /// Appends entries. A lone node's small append (`durability` is not
-    /// [`Durability::SyncedFirst`]) is written on the caller's thread and reported at once when
-    /// the writer thread has nothing queued and no background fsync runs, which saves two
-    /// thread hand-offs per entry; the sync thread fsyncs it afterwards. Anything else is
-    /// queued to the writer thread, so that writes keep their order; there a small append is
-    /// still reported before its fsync, but the writer makes that fsync itself before the next
-    /// group, so that a busier log turns once per fsync. An append of volatile entries alone
-    /// asks for no fsync, so it need not wait for the sync thread to be idle.
-    pub(crate) fn append(
-        &self,
-        batch: WriteBatch,
-        durability: Durability,
-        ids: Vec<LogId>,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StoreError> {
-        let direct = match durability {
-            Durability::SyncedFirst => false,
-            Durability::SyncedAfter => !self.syncer.busy(),
-            Durability::Unsynced => true,
-        } && self.queued.load(Ordering::Acquire) == 0
-            && self.syncer.failed().is_none();
-        if !direct {
-            return self.submit(batch, durability, Done::Appended { ids, callback });
-        }
-        let last = ids.last().map(|id| id.index);
-        let result = self.db.write_opt(batch, &WriteOptions::default());
-        if let (Ok(()), Durability::SyncedAfter, Some(index)) = (&result, durability, last) {
-            self.syncer.request(index);
-        }
-        finish(&self.recent, vec![Done::Appended { ids, callback }], result);
-        Ok(())
-    }
-
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.queued.fetch_add(1, Ordering::AcqRel);
-        let sent = self
-            .thread
+        self.thread
             .jobs
             .as_ref()
             .ok_or(StoreError::WriterGone)?
             .send(job)
-            .map_err(|_| StoreError::WriterGone);
-        if sent.is_err() {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
-        }
-        sent
+            .map_err(|_| StoreError::WriterGone)
     }
 
     /// Queues a write and waits for it (and for its fsync, if `sync`).
@@ -235,10 +175,6 @@ struct Writer<'a> {
     recent: &'a Mutex<RecentLog>,
     sink: &'a dyn EffectSink,
     syncs: &'a AtomicU64,
-    /// Fsyncs a lone node's fully reported groups in the background.
-    syncer: &'a LogSyncer,
-    /// Jobs queued and not yet reported; lowered as each group is reported.
-    queued: &'a AtomicUsize,
     /// Set when an fsync failed after some of its writes were already reported: every later
     /// job fails with it.
     failed: Option<rocksdb::Error>,
@@ -273,14 +209,10 @@ impl Writer<'_> {
                     }
                 }
             }
-            let taken = group.len();
             hold_purges(db, &mut group, &mut held);
             if !group.is_empty() {
                 self.write_group(&mut group, &mut reclaim);
             }
-            // A held purge counts as reported: it stays out of the way of direct appends,
-            // which never conflict with it.
-            self.queued.fetch_sub(taken, Ordering::AcqRel);
             reclaim.step(db, Instant::now());
         }
     }
@@ -288,9 +220,6 @@ impl Writer<'_> {
     /// Writes a group with one fsync at the end if any job asked for one, and reports to each
     /// job: a leading run of lone appends before the fsync, the rest after it.
     fn write_group(&mut self, group: &mut Vec<Job>, reclaim: &mut Reclaim) {
-        if self.failed.is_none() {
-            self.failed = self.syncer.failed();
-        }
         if let Some(e) = &self.failed {
             let dones = group.drain(..).map(|job| job.done).collect();
             finish(self.recent, dones, Err(e.clone()));

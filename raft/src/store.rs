@@ -577,7 +577,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // fsync (`SyncPolicy`); only its own effect sink releases promises, and only once the
         // writer reports the fsync (`EffectSink::durable`).
         self.writer
-            .append(batch, durability, ids, callback)
+            .submit(batch, durability, Done::Appended { ids, callback })
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
     }
 

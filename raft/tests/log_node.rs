@@ -42,6 +42,34 @@ impl RecordingSink {
     }
 }
 
+impl RecordingSink {
+    /// The highest index reported durable.
+    fn durable_through(&self) -> u64 {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                SinkEvent::Durable(index) => Some(*index),
+                SinkEvent::Dispatched { .. } => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The index of the last entry whose effects were dispatched.
+    fn last_dispatched(&self) -> u64 {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter_map(|e| match e {
+                SinkEvent::Dispatched { index, .. } => Some(*index),
+                SinkEvent::Durable(_) => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 impl EffectSink for RecordingSink {
     fn dispatch(&self, index: u64, effects: Vec<Effect>) {
         let promise = effects.iter().any(Effect::is_promise);
@@ -586,8 +614,8 @@ async fn batch_limits_bound_the_commands_and_bytes_of_one_entry() {
 async fn a_lone_node_fsyncs_only_entries_that_promise_something() {
     for reachable in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let (node, proposer, task) =
-            start_node(dir.path(), reachable, Arc::new(RecordingSink::default())).await;
+        let sink = Arc::new(RecordingSink::default());
+        let (node, proposer, task) = start_node(dir.path(), reachable, sink.clone()).await;
         let status = node.status();
         // One command at a time, each applied before the next: one entry each.
         let run = |commands: Vec<Command>| {
@@ -606,12 +634,19 @@ async fn a_lone_node_fsyncs_only_entries_that_promise_something() {
         };
         let start = status.log_syncs();
         run((0..5).map(|i| queue_declare(i, &format!("q{i}"))).collect()).await;
-        // A lone node may apply a declaration before its fsync, which then follows.
-        wait_until("each declaration fsync'ed", Duration::from_secs(10), || {
-            status.log_syncs() >= start + 5
-        })
+        // A lone node may apply a declaration before its fsync, which then follows: wait until
+        // the last one is reported durable, so that no fsync is still to come.
+        wait_until(
+            "the last declaration reported durable",
+            Duration::from_secs(10),
+            || sink.durable_through() >= sink.last_dispatched(),
+        )
         .await;
         let declared = status.log_syncs();
+        assert!(
+            declared >= start + 5,
+            "each declaration fsync'ed (reachable: {reachable}): {start} -> {declared}"
+        );
         let get = |i: u64| Command::Get {
             ch: ChannelRef {
                 conn: conn(i),
