@@ -124,13 +124,15 @@ impl EffectSink for Dispatcher {
             return;
         }
         let groups = by_connection(effects);
-        let mut routes = self.routes();
+        let mut guard = self.routes();
+        let routes = &mut *guard;
         for (conn, list) in groups {
-            if !routes.mailboxes.contains_key(&conn) {
+            let Some(tx) = routes.mailboxes.get(&conn) else {
                 continue;
-            }
+            };
             if let Some(list) = routes.held.admit(conn, index, list) {
-                routes.send(conn, list);
+                // A closed mailbox: see `Routes::send`.
+                let _ = tx.send(list);
             }
         }
     }

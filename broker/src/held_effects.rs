@@ -40,14 +40,19 @@ impl HeldEffects {
         index: u64,
         effects: Vec<Effect>,
     ) -> Option<Vec<Effect>> {
+        let queue = self.queues.get_mut(&conn);
+        if queue.is_none() && index <= self.durable {
+            // The common case, and the only one on a cluster node: nothing to look at.
+            return Some(effects);
+        }
         let held = Held {
             index,
             promise: effects.iter().any(Effect::is_promise),
             effects,
         };
-        match self.queues.get_mut(&conn) {
+        match queue {
             Some(queue) => queue.push_back(held),
-            None if held.may_go(self.durable) => return Some(held.effects),
+            None if !held.promise => return Some(held.effects),
             None => {
                 self.queues.insert(conn, VecDeque::from([held]));
             }

@@ -255,6 +255,9 @@ fn io_err(
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
+/// Most commands in a lone node's append that is reported before its fsync (`SyncPolicy`).
+const EARLY_COMMANDS: usize = 16;
+
 /// How an append reaches the disk, and when openraft hears it is flushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Durability {
@@ -279,16 +282,13 @@ pub(crate) enum Durability {
 /// and fsyncs it afterwards ([`Durability::SyncedAfter`]); the broker holds every effect that
 /// promises something until that fsync. A larger append is fsync'ed first, as on a cluster
 /// node: under load, the fsync is what lets the next batch fill up while it runs, and batches
-/// turned faster cost more than they save (docs/benchmarks.md, session 11). An append of volatile entries alone ([`CommandBatch::is_volatile`]:
-/// settlements, gets, consumers, ticks) is not fsync'ed at all: the next synced write (a
-/// publish, a declaration, a snapshot's record) covers it, since RocksDB has one write-ahead
-/// log. A power loss can then take back an unsynced tail together with the memory that applied
-/// it: a restart a little earlier than it happened, which breaks no promise made to a client,
-/// since none was made for that tail. A process crash loses nothing (the write is in the page
-/// cache).
-/// Most commands in a lone node's append that is reported before its fsync (`SyncPolicy`).
-const EARLY_COMMANDS: usize = 16;
-
+/// turned faster cost more than they save (docs/benchmarks.md, session 11). An append of
+/// volatile entries alone ([`CommandBatch::is_volatile`]: settlements, gets, consumers, ticks)
+/// is not fsync'ed at all: the next synced write (a publish, a declaration, a snapshot's
+/// record) covers it, since RocksDB has one write-ahead log. A power loss can then take back an
+/// unsynced tail together with the memory that applied it: a restart a little earlier than it
+/// happened, which breaks no promise made to a client, since none was made for that tail. A
+/// process crash loses nothing (the write is in the page cache).
 #[derive(Debug, Default)]
 pub(crate) struct SyncPolicy {
     lone: AtomicBool,
@@ -303,27 +303,26 @@ impl SyncPolicy {
     /// How an append of `entries` is written. A membership of more than one node ends the
     /// lone mode for good (this open), before its own entry is written.
     pub(crate) fn durability(&self, entries: &[LogEntry]) -> Durability {
-        let grows = entries.iter().any(|entry| match &entry.payload {
-            EntryPayload::Membership(m) => m.nodes().nth(1).is_some(),
-            _ => false,
-        });
-        if grows {
-            self.set_lone(false);
+        let (mut volatile, mut commands) = (true, 0);
+        for entry in entries {
+            match &entry.payload {
+                EntryPayload::Normal(batch) => {
+                    volatile &= batch.is_volatile();
+                    commands += batch.commands.len();
+                }
+                EntryPayload::Membership(m) if m.nodes().nth(1).is_some() => {
+                    self.set_lone(false);
+                    return Durability::SyncedFirst;
+                }
+                EntryPayload::Blank | EntryPayload::Membership(_) => {
+                    volatile = false;
+                    commands += 1;
+                }
+            }
         }
         if !self.lone.load(Ordering::Relaxed) {
             return Durability::SyncedFirst;
         }
-        let volatile = entries.iter().all(|entry| match &entry.payload {
-            EntryPayload::Normal(batch) => batch.is_volatile(),
-            EntryPayload::Blank | EntryPayload::Membership(_) => false,
-        });
-        let commands: usize = entries
-            .iter()
-            .map(|entry| match &entry.payload {
-                EntryPayload::Normal(batch) => batch.commands.len(),
-                EntryPayload::Blank | EntryPayload::Membership(_) => 1,
-            })
-            .sum();
         if volatile {
             Durability::Unsynced
         } else if commands <= EARLY_COMMANDS {

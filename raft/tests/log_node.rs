@@ -56,14 +56,17 @@ impl RecordingSink {
             .unwrap_or(0)
     }
 
-    /// The index of the last entry whose effects were dispatched.
-    fn last_dispatched(&self) -> u64 {
+    /// The index of the last entry whose effects were dispatched; with `promises_only`, of the
+    /// last whose effects held a promise.
+    fn last_dispatched(&self, promises_only: bool) -> u64 {
         let events = self.events.lock().unwrap();
         events
             .iter()
             .filter_map(|e| match e {
-                SinkEvent::Dispatched { index, .. } => Some(*index),
-                SinkEvent::Durable(_) => None,
+                SinkEvent::Dispatched { index, promise } if *promise || !promises_only => {
+                    Some(*index)
+                }
+                SinkEvent::Dispatched { .. } | SinkEvent::Durable(_) => None,
             })
             .max()
             .unwrap_or(0)
@@ -639,7 +642,7 @@ async fn a_lone_node_fsyncs_only_entries_that_promise_something() {
         wait_until(
             "the last declaration reported durable",
             Duration::from_secs(10),
-            || sink.durable_through() >= sink.last_dispatched(),
+            || sink.durable_through() >= sink.last_dispatched(false),
         )
         .await;
         let declared = status.log_syncs();
@@ -686,41 +689,18 @@ async fn every_promise_is_reported_durable_and_a_reachable_node_reports_it_first
                 .await
                 .unwrap();
         }
-        let promised = || -> Vec<u64> {
-            let events = sink.events.lock().unwrap();
-            events
-                .iter()
-                .filter_map(|e| match e {
-                    SinkEvent::Dispatched {
-                        index,
-                        promise: true,
-                    } => Some(*index),
-                    _ => None,
-                })
-                .collect()
-        };
-        let durable = || -> u64 {
-            let events = sink.events.lock().unwrap();
-            events
-                .iter()
-                .filter_map(|e| match e {
-                    SinkEvent::Durable(index) => Some(*index),
-                    _ => None,
-                })
-                .max()
-                .unwrap_or(0)
-        };
         wait_until(
             "ten declare-oks dispatched",
             Duration::from_secs(10),
             || sink.effects().iter().filter(|e| e.is_promise()).count() >= 10,
         )
         .await;
-        let last = *promised().iter().max().expect("promises dispatched");
+        let last = sink.last_dispatched(true);
+        assert!(last > 0, "promises dispatched");
         wait_until(
             "the last declaration reported durable",
             Duration::from_secs(10),
-            || durable() >= last,
+            || sink.durable_through() >= last,
         )
         .await;
         if reachable {
