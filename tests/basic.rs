@@ -104,11 +104,7 @@ async fn consume_delivers_in_publish_order_and_ack_removes() {
         "server-named consumer tag"
     );
     for i in 0..200u32 {
-        let d = tokio::time::timeout(TIMEOUT, consumer.next())
-            .await
-            .expect("delivery")
-            .expect("stream")
-            .expect("ok");
+        let d = next_delivery(&mut consumer).await;
         assert_eq!(d.data, i.to_be_bytes());
         assert!(!d.redelivered);
         ch.basic_ack(d.delivery_tag, BasicAckOptions::default())
@@ -243,16 +239,8 @@ async fn prefetch_limits_unacknowledged_deliveries() {
         )
         .await
         .unwrap();
-    let d1 = tokio::time::timeout(TIMEOUT, consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let _d2 = tokio::time::timeout(TIMEOUT, consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let d1 = next_delivery(&mut consumer).await;
+    let _d2 = next_delivery(&mut consumer).await;
     assert!(
         tokio::time::timeout(Duration::from_millis(500), consumer.next())
             .await
@@ -262,11 +250,7 @@ async fn prefetch_limits_unacknowledged_deliveries() {
     ch.basic_ack(d1.delivery_tag, BasicAckOptions::default())
         .await
         .unwrap();
-    let d3 = tokio::time::timeout(TIMEOUT, consumer.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let d3 = next_delivery(&mut consumer).await;
     assert_eq!(d3.data, vec![2]);
 }
 

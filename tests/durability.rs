@@ -212,3 +212,51 @@ async fn sigkill_under_confirmed_publishing_loses_nothing_confirmed() {
         "more messages than were ever published"
     );
 }
+
+/// On a standalone node a publish outside confirm mode is written to the log without an fsync
+/// of its own (the writer syncs within 200 ms; docs/architecture.md). A process crash must
+/// still keep it: once the broker has delivered such persistent messages, their log entries
+/// are written, and SIGKILL does not take back what the kernel already holds.
+#[tokio::test]
+async fn unconfirmed_persistent_messages_once_delivered_survive_sigkill() {
+    let mut broker = Broker::start();
+    declare_durable(&broker.uri(), "unconfirmed").await;
+    {
+        let (_c, ch) = broker.channel().await;
+        for i in 0..100u32 {
+            ch.basic_publish(
+                "".into(),
+                "unconfirmed".into(),
+                BasicPublishOptions::default(),
+                &i.to_be_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("basic.publish");
+        }
+        let (_c2, ch2) = broker.channel().await;
+        let mut consumer = ch2
+            .basic_consume(
+                "unconfirmed".into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for i in 0..100u32 {
+            let d = next_delivery(&mut consumer).await;
+            assert_eq!(d.data, i.to_be_bytes());
+        }
+        // At once, well inside the writer's sync window.
+        broker.kill();
+    }
+    broker.restart();
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(message_count(&ch, "unconfirmed").await, 100);
+    for i in 0..100u32 {
+        let m = get_one(&ch, "unconfirmed", true).await.expect("a message");
+        assert_eq!(m.delivery.data, i.to_be_bytes());
+        assert!(m.delivery.redelivered, "delivered before the crash");
+    }
+}

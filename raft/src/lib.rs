@@ -43,6 +43,7 @@ pub mod types;
 
 pub use cluster::{ClusterAdmin, ClusterStatus, MemberStatus};
 pub use lock::{DataDirLock, LockError};
+pub use log_writer::SYNC_WINDOW;
 pub use node::{LogConfig, LogNode, LogOpenError, LogStatus, ProposeError, Role};
 pub use shared::{ActiveLease, LeaseInfo, SharedDir, SharedError};
 pub use snapshot_trigger::SnapshotBySize;

@@ -11,9 +11,11 @@
 //!
 //! A lone node's appends ([`Durability::SyncedAfter`], [`Durability::Unsynced`]) are reported
 //! as soon as they are written, before the fsync: openraft applies them while the disk syncs,
-//! and the effect sink holds their promises until it hears `durable`. A failed fsync after such
-//! a report can no longer be told to openraft through those callbacks, so the writer fails
-//! every later write (openraft then stops) and tells the sink to close its connections.
+//! and the effect sink holds their promises until it hears `durable`. Unsynced writes get an
+//! fsync of their own at the latest [`SYNC_WINDOW`] after the first of them, if no synced
+//! write covered them sooner. A failed fsync after such a report can no longer be told to
+//! openraft through those callbacks, so the writer fails every later write (openraft then
+//! stops) and tells the sink to close its connections.
 //!
 //! Between groups it also drops table files that durable purges left behind (`log_reclaim`).
 
@@ -28,7 +30,7 @@ use rocksdb::{WriteBatch, WriteOptions, DB};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Who learns that a write is done, and how.
@@ -82,6 +84,10 @@ impl Drop for WriterThread {
 /// Most jobs one fsync covers; a bound on how long the first of them waits for its callback.
 const MAX_JOBS_PER_SYNC: usize = 256;
 
+/// Longest that a write made without an fsync (a lone node's volatile append, a committed id)
+/// stays unsynced: a power cut takes back at most this much of what was never promised.
+pub const SYNC_WINDOW: Duration = Duration::from_millis(200);
+
 impl LogWriter {
     pub(crate) fn start(
         db: Arc<DB>,
@@ -100,6 +106,8 @@ impl LogWriter {
                     sink: sink.as_ref(),
                     syncs: &counted,
                     failed: None,
+                    written: None,
+                    unsynced_since: None,
                 };
                 writer.run(&queue)
             })
@@ -178,6 +186,10 @@ struct Writer<'a> {
     /// Set when an fsync failed after some of its writes were already reported: every later
     /// job fails with it.
     failed: Option<rocksdb::Error>,
+    /// The last index of the newest append written, synced or not: what an fsync makes durable.
+    written: Option<u64>,
+    /// When the oldest write not yet covered by an fsync was made.
+    unsynced_since: Option<Instant>,
 }
 
 impl Writer<'_> {
@@ -188,8 +200,15 @@ impl Writer<'_> {
         let mut held: Option<Job> = None;
         let mut reclaim = Reclaim::default();
         loop {
-            let first = if held.is_some() || reclaim.pending() {
-                match queue.recv_timeout(DROP_SPACING) {
+            // Wake up for whichever comes first: the unsynced writes' fsync, or the next step of
+            // a held purge or of reclaiming files.
+            let sync_due = self
+                .unsynced_since
+                .map(|since| SYNC_WINDOW.saturating_sub(since.elapsed()));
+            let drop_due = (held.is_some() || reclaim.pending()).then_some(DROP_SPACING);
+            let timeout = sync_due.into_iter().chain(drop_due).min();
+            let first = if let Some(timeout) = timeout {
+                match queue.recv_timeout(timeout) {
                     Ok(job) => Some(job),
                     Err(RecvTimeoutError::Timeout) => None,
                     Err(RecvTimeoutError::Disconnected) => return,
@@ -212,6 +231,13 @@ impl Writer<'_> {
             hold_purges(db, &mut group, &mut held);
             if !group.is_empty() {
                 self.write_group(&mut group, &mut reclaim);
+            }
+            if self
+                .unsynced_since
+                .is_some_and(|since| since.elapsed() >= SYNC_WINDOW)
+            {
+                // Between groups, so no callback waits on it.
+                let _ = self.sync_wal();
             }
             reclaim.step(db, Instant::now());
         }
@@ -258,31 +284,58 @@ impl Writer<'_> {
             }
             dones.push(job.done);
         }
+        if result.is_ok() {
+            if appended.is_some() {
+                self.written = appended;
+            }
+            if !sync {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+            }
+        }
         if early > 0 {
             let rest = dones.split_off(early);
             finish(self.recent, dones, result.clone());
             dones = rest;
             if sync && result.is_ok() {
-                result = self.db.flush_wal(true);
-                if let Err(e) = &result {
-                    tracing::error!(error = %e, "syncing the raft log failed after its entries were applied; failing every later write");
-                    self.failed = Some(e.clone());
-                    self.sink.durability_failed();
-                }
+                result = self.sync_wal();
             }
-        }
-        if sync && result.is_ok() {
-            self.syncs.fetch_add(1, Ordering::Relaxed);
-            if let Some(index) = appended {
-                // Before the callbacks below, so that a cluster node never holds anything.
-                self.sink.durable(index);
-            }
+        } else if sync && result.is_ok() {
+            // The group's last write was synced.
+            self.synced();
         }
         if let (Some(index), Ok(())) = (purged, &result) {
             // Durable: the group ends with a synced write, since a purge asks for one.
             reclaim.purged(index);
         }
         finish(self.recent, dones, result);
+    }
+
+    /// Makes every write so far durable with one fsync of RocksDB's write-ahead log. A failure
+    /// here comes after those writes were reported, so it fails every later write.
+    fn sync_wal(&mut self) -> Result<(), rocksdb::Error> {
+        match self.db.flush_wal(true) {
+            Ok(()) => {
+                self.synced();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "syncing the raft log failed after its entries were applied; failing every later write");
+                self.unsynced_since = None;
+                self.failed = Some(e.clone());
+                self.sink.durability_failed();
+                Err(e)
+            }
+        }
+    }
+
+    /// Every write so far is durable: tells the sink (before any callback of the group, so
+    /// that a cluster node never holds an effect).
+    fn synced(&mut self) {
+        self.unsynced_since = None;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        if let Some(index) = self.written {
+            self.sink.durable(index);
+        }
     }
 }
 

@@ -269,7 +269,7 @@ pub(crate) enum Durability {
     /// (confirms, declare-oks) until the fsync is done.
     SyncedAfter,
     /// Written and reported flushed, with no fsync of its own: a lone node's append of volatile
-    /// entries alone, which the next synced write covers.
+    /// entries alone, which the next synced write covers (within `SYNC_WINDOW`).
     Unsynced,
 }
 
@@ -283,12 +283,13 @@ pub(crate) enum Durability {
 /// promises something until that fsync. A larger append is fsync'ed first, as on a cluster
 /// node: under load, the fsync is what lets the next batch fill up while it runs, and batches
 /// turned faster cost more than they save (docs/benchmarks.md, session 11). An append of
-/// volatile entries alone ([`CommandBatch::is_volatile`]: settlements, gets, consumers, ticks)
-/// is not fsync'ed at all: the next synced write (a publish, a declaration, a snapshot's
-/// record) covers it, since RocksDB has one write-ahead log. A power loss can then take back an
-/// unsynced tail together with the memory that applied it: a restart a little earlier than it
-/// happened, which breaks no promise made to a client, since none was made for that tail. A
-/// process crash loses nothing (the write is in the page cache).
+/// volatile entries alone ([`CommandBatch::is_volatile`]: settlements, gets, consumers, ticks,
+/// publishes outside confirm mode) is not fsync'ed with it: the next synced write (a confirmed
+/// publish, a declaration, a snapshot's record) covers it, since RocksDB has one write-ahead
+/// log, or else the writer's own fsync at most `SYNC_WINDOW` later. A power loss can then take
+/// back an unsynced tail together with the memory that applied it: a restart a little earlier
+/// than it happened, which breaks no promise made to a client, since none was made for that
+/// tail. A process crash loses nothing (the write is in the page cache).
 #[derive(Debug, Default)]
 pub(crate) struct SyncPolicy {
     lone: AtomicBool,

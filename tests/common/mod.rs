@@ -353,6 +353,16 @@ pub async fn publish(ch: &Channel, exchange: &str, routing_key: &str, body: &[u8
     .expect("basic.publish");
 }
 
+/// The consumer's next delivery, failing the test if none comes within `TIMEOUT`.
+pub async fn next_delivery(consumer: &mut lapin::Consumer) -> lapin::message::Delivery {
+    use futures::StreamExt;
+    tokio::time::timeout(TIMEOUT, consumer.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the consumer stream is open")
+        .expect("a delivery, not an error")
+}
+
 /// basic.get until a message arrives or the timeout passes.
 pub async fn get_one(
     ch: &Channel,

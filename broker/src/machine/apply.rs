@@ -927,8 +927,8 @@ impl State {
 
     /// A node (re)started: its connections of every other epoch are gone (not only older
     /// ones: the epoch comes from a wall clock, which may go backwards between lives); with
-    /// `drop_transient`, non-durable queues and exchanges and transient messages go too (as
-    /// after a RabbitMQ node restart).
+    /// `drop_transient`, non-durable queues and exchanges and the transient messages of classic
+    /// queues go too (as after a RabbitMQ node restart).
     fn node_started(&mut self, node: NodeId, epoch: u64, drop_transient: bool, cx: &mut Ctx) {
         // Announcing the same life again (a proposer that could not tell whether its first
         // announcement was committed) keeps that life's batch count.
@@ -968,7 +968,8 @@ impl State {
         for name in transient_exchanges {
             self.delete_exchange(&name);
         }
-        for q in self.queues.values_mut() {
+        // A quorum queue keeps every message, whatever its delivery mode (as RabbitMQ's do).
+        for q in self.queues.values_mut().filter(|q| !q.args.quorum) {
             self.stats.removed += q.retain_ready(|m| m.persistent);
         }
     }

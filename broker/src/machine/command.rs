@@ -351,9 +351,12 @@ impl Command {
     /// stopped earlier, and what these commands changed is undone by a restart or allowed by
     /// AMQP's at-least-once delivery: a lost ack, get or recover makes a message ready again
     /// (delivered again, never lost); consumers, prefetch, channel flow and open channels and
-    /// connections do not survive a restart anyway. Everything that answers with a promise
-    /// (publishes, whose confirm says the message is safe; declarations, bindings, deletions,
-    /// purges; tx.commit) or that changes the cluster (node starts and losses) is not.
+    /// connections do not survive a restart anyway. A publish on a channel that is not in
+    /// confirm mode promises nothing either (AMQP gives such a publisher no word that its
+    /// message arrived; RabbitMQ too may lose it in a crash). Everything that answers with a
+    /// promise (a confirmed publish, whose confirm says the message is safe; declarations,
+    /// bindings, deletions, purges; tx.commit) or that changes the cluster (node starts and
+    /// losses) is not.
     pub fn is_volatile(&self) -> bool {
         // Both lists are spelled out, with no catch-all, so that a new command cannot compile
         // until someone decides whether losing it breaks a promise.
@@ -367,6 +370,7 @@ impl Command {
             | Command::Settle { .. }
             | Command::Recover { .. }
             | Command::Flow { .. } => true,
+            Command::Publish { publish, .. } => publish.confirm_seq.is_none(),
             Command::NodeStarted { .. }
             | Command::NodeLost { .. }
             | Command::ExchangeDeclare { .. }
@@ -378,7 +382,6 @@ impl Command {
             | Command::QueueUnbind { .. }
             | Command::QueuePurge { .. }
             | Command::QueueDelete { .. }
-            | Command::Publish { .. }
             | Command::TxCommit { .. } => false,
         }
     }

@@ -137,7 +137,7 @@ impl Effect {
 
     /// Whether carrying this effect out tells the client that something is stored for good: a
     /// publish confirmed, a transaction committed, an exchange, queue or binding declared or
-    /// deleted, a queue purged. A node that applies entries before their fsync (a lone node,
+    /// deleted, a queue purged, a consumer cancelled because its queue was deleted. A node that applies entries before their fsync (a lone node,
     /// `EffectSink::dispatch`) holds such an effect until its entry is durable; everything else,
     /// deliveries above all, may reach the client at once. Listed in full, with no catch-all,
     /// so that a new effect or reply cannot compile until someone decides which it is.

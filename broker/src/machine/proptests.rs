@@ -551,6 +551,21 @@ impl Run {
                 self.entries.len() + 1
             ))
         })?;
+        if entry.is_volatile() {
+            // A lone node does not fsync a volatile entry, so a promise in it would wait for
+            // some later write's fsync: only a channel closed by the entry itself may get one.
+            let closed = |e: &Effect| {
+                let conn = e.conn();
+                entry.commands.iter().any(|c| match c {
+                    Command::ConnectionClosed { conn: gone } => *gone == conn,
+                    Command::ChannelClosed { ch } => e.channel() == Some(*ch),
+                    _ => false,
+                })
+            };
+            for e in fx.iter().filter(|e| e.is_promise()) {
+                prop_assert!(closed(e), "volatile entry {:?} promised {:?}", entry, e);
+            }
+        }
         for e in &fx {
             let (ch, tag, redelivered, message, consumer) = match e {
                 Effect::Deliver {

@@ -1958,12 +1958,18 @@ fn node_started_closes_old_connections_and_drops_transient_state() {
         *durable = true;
     }
     b.one(dq);
+    let mut qq = declare_queue(C, "quorum", table(&[("x-queue-type", s("quorum"))]));
+    if let Command::QueueDeclare { durable, .. } = &mut qq {
+        *durable = true;
+    }
+    b.one(qq);
     b.queue(C, "transient");
     b.one(declare_exchange(C, "tx", "fanout"));
     let mut persistent = message("p");
     persistent.persistent = true;
     b.one(publish_msg(C, "", "durable", persistent, None, false));
     b.one(publish(C, "", "durable", "t"));
+    b.one(publish(C, "", "quorum", "t"));
     b.one(get(C, "durable", false));
     let other_node = ChannelRef {
         conn: ConnId {
@@ -1987,7 +1993,13 @@ fn node_started_closes_old_connections_and_drops_transient_state() {
     let q = b.state.queue("durable").unwrap();
     assert_eq!(q.ready.len(), 1);
     assert!(q.ready.values().all(|m| m.persistent && m.redelivered));
-    assert_eq!(b.state.stats.enqueued, b.state.stats.removed + 1);
+    let quorum = b.state.queue("quorum").unwrap();
+    assert_eq!(
+        quorum.ready.len(),
+        1,
+        "a quorum queue keeps transient messages"
+    );
+    assert_eq!(b.state.stats.enqueued, b.state.stats.removed + 2);
 }
 
 /// The epoch is a wall-clock reading, which can go backwards between two lives of a node
@@ -2262,11 +2274,16 @@ fn snapshot_round_trips_the_state() {
 }
 
 /// A log entry may skip its fsync on a lone node only when losing it breaks no promise:
-/// settlements, gets, consumers and prefetch may be lost (the message comes back), a publish or
-/// a declaration may not.
+/// settlements, gets, consumers and prefetch may be lost (the message comes back), and so may a
+/// publish outside confirm mode (nobody was told it arrived); a confirmed publish or a
+/// declaration may not.
 #[test]
 fn only_entries_without_promises_are_volatile() {
     let ch = chan(1, 1);
+    let persistent = |body| PublishedMessage {
+        persistent: true,
+        ..message(body)
+    };
     let entry = |commands: Vec<Command>| Entry {
         now_ms: 0,
         commands,
@@ -2281,10 +2298,13 @@ fn only_entries_without_promises_are_volatile() {
         consume(ch, "q", "t", false),
         Command::ChannelClosed { ch },
         Command::ConnectionClosed { conn: ch.conn },
+        publish(ch, "", "q", "x"),
+        publish_msg(ch, "", "q", persistent("y"), None, true),
     ])
     .is_volatile());
     for promise in [
-        publish(ch, "", "q", "x"),
+        publish_msg(ch, "", "q", message("x"), Some(1), false),
+        publish_msg(ch, "", "q", persistent("y"), Some(2), false),
         declare_queue(ch, "q", FieldTable::default()),
         declare_exchange(ch, "e", "direct"),
         bind(ch, "q", "e", "k"),
