@@ -110,6 +110,18 @@ impl SharedDir {
         formed
     }
 
+    /// Whether the log is formed in `at`; an error if it is not although this process saw
+    /// it formed here before (the share is missing and something empty stands in its place).
+    fn check_not_emptied(&self, at: &Path) -> Result<bool, SharedError> {
+        let formed = self.note_formed(at);
+        if !formed && self.seen_formed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(self.unavailable(
+                "it held this pair's log before and is empty now (the share is not mounted, or was replaced); not starting an empty broker over it",
+            ));
+        }
+        Ok(formed)
+    }
+
     pub fn path(&self) -> &Path {
         &self.dir
     }
@@ -149,6 +161,9 @@ impl SharedDir {
         }
         let pinned = PinnedDir::open(&self.dir).map_err(|e| self.unavailable(e))?;
         let at = pinned.path();
+        // Before the lock: an emptied directory is unavailable whoever holds its lock, and
+        // the other process's own brief attempt on it must not read as storage that works.
+        self.check_not_emptied(&at)?;
         let mut lock = match DataDirLock::acquire(&at) {
             Ok(lock) => lock.described_as(self.lock_path()),
             Err(LockError::InUse { .. }) => return Ok(None),
@@ -157,12 +172,8 @@ impl SharedDir {
         // Holding the lock, nobody else writes here; check that we can before writing
         // anything that matters.
         probe(&at, self.tag).map_err(|e| self.unavailable(e))?;
-        let formed = self.note_formed(&at);
-        if !formed && self.seen_formed.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(self.unavailable(
-                "it held this pair's log before and is empty now (the share is not mounted, or was replaced); not starting an empty broker over it",
-            ));
-        }
+        // Again under the lock: the other process may have formed the log meanwhile.
+        let formed = self.check_not_emptied(&at)?;
         if formed && !at.join("db").join("CURRENT").exists() {
             return Err(self.unavailable(
                 "it was formed but holds no database (db/CURRENT is missing): the wrong mount, or its data was removed; not starting an empty broker over it",
@@ -421,6 +432,14 @@ mod tests {
             .try_take("n")
             .expect_err("an empty stand-in is refused");
         assert!(err.to_string().contains("empty now"), "{err}");
+        // The same while the other process holds the stand-in's lock for a moment (its own
+        // attempt): still unavailable, not "held by the other, all is well".
+        let held = DataDirLock::acquire(&dir).unwrap();
+        let err = shared
+            .try_take("n")
+            .expect_err("an empty stand-in is refused whoever holds its lock");
+        assert!(err.to_string().contains("empty now"), "{err}");
+        drop(held);
         // A fresh process on a fresh directory forms a log as before.
         let fresh = SharedDir::new(tmp.path().join("away-fresh"));
         fs::create_dir(fresh.path()).unwrap();
