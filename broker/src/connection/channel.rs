@@ -1,12 +1,13 @@
 //! What a connection remembers about each of its channels, with no I/O: whether it is open or
-//! closing, the content of a publish being assembled from header and body frames, publisher
-//! confirm numbering and the folding of confirms into `multiple` acks, and the buffer of a
-//! transaction. Deliveries, consumers and unacknowledged messages are not here: they are
+//! closing, the content of a publish being assembled from header and body frames (and the
+//! properties it published with last), publisher confirm numbering and the folding of
+//! confirms into `multiple` acks, and the buffer of a transaction. Deliveries, consumers and unacknowledged messages are not here: they are
 //! replicated state, in the machine.
 
 use crate::ids::ChannelRef;
 use crate::machine::command::{Publish, Settle};
-use bytes::{Bytes, BytesMut};
+use crate::protocol::content::{decode_properties, parse_expiration, ContentError};
+use bytes::Bytes;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -40,27 +41,95 @@ pub struct PendingPublish {
 #[derive(Debug)]
 pub struct PendingHeader {
     pub body_size: u64,
-    pub properties: Bytes,
+    pub properties: KnownProperties,
+}
+
+/// A content header's properties, copied out of the read buffer, with what the broker reads
+/// from them. Validated: a channel error was sent for any that fail.
+#[derive(Clone, Debug)]
+pub struct KnownProperties {
+    /// The raw properties blob (flags word first), shared by every message published with it.
+    pub raw: Bytes,
     pub persistent: bool,
     pub priority: u8,
     pub expiration_ms: Option<u64>,
 }
 
-impl PendingPublish {
-    /// The message's properties and body, copied together into one buffer of their exact
-    /// size. The frames are slices of the connection's 64 KiB read buffers; a queued message
-    /// that kept such a slice would keep its whole read buffer alive (the log's newest entries
-    /// and the queues share the proposed command), so one message left in a queue could hold
-    /// 64 KiB. One copy of the message is what the log's encoding cost anyway.
-    pub fn take_message(&mut self, properties: &Bytes) -> (Bytes, Bytes) {
-        let mut all = BytesMut::with_capacity(properties.len() + self.received as usize);
-        all.extend_from_slice(properties);
-        for c in self.chunks.drain(..) {
-            all.extend_from_slice(&c);
+/// Why a content header's properties were refused.
+#[derive(Debug)]
+pub enum BadProperties {
+    /// They do not parse: a connection error (frame error).
+    Malformed(ContentError),
+    /// They parse but may not be published: a channel error (precondition failed).
+    Refused(String),
+}
+
+impl KnownProperties {
+    /// Parses and checks `raw` for a publisher authenticated as `user`, as RabbitMQ does: a
+    /// `user_id` must name that user, and an `expiration` must be a whole number of ms.
+    pub fn check(raw: &[u8], user: &str) -> Result<KnownProperties, BadProperties> {
+        let props = decode_properties(raw).map_err(BadProperties::Malformed)?;
+        if let Some(user_id) = props.user_id() {
+            if user_id.as_str() != user {
+                return Err(BadProperties::Refused(format!(
+                    "user_id property set to '{}' but authenticated user was '{user}'",
+                    user_id.as_str(),
+                )));
+            }
         }
-        let mut all = all.freeze();
-        let body = all.split_off(properties.len());
-        (all, body)
+        let expiration_ms = match props.expiration() {
+            None => None,
+            Some(e) => Some(parse_expiration(e.as_str()).ok_or_else(|| {
+                BadProperties::Refused(format!("invalid expiration '{}'", e.as_str()))
+            })?),
+        };
+        Ok(KnownProperties {
+            raw: Bytes::copy_from_slice(raw),
+            persistent: *props.delivery_mode() == Some(2),
+            priority: props.priority().unwrap_or(0),
+            expiration_ms,
+        })
+    }
+}
+
+/// The properties a channel published with last. Publishers mostly send the same properties
+/// with every message: those are then parsed and checked once, and stored once, however many
+/// queued messages carry them.
+#[derive(Debug, Default)]
+pub struct LastProperties(Option<KnownProperties>);
+
+impl LastProperties {
+    /// The known properties if `raw` is byte for byte the last ones.
+    pub fn matching(&self, raw: &[u8]) -> Option<KnownProperties> {
+        self.0.as_ref().filter(|k| k.raw[..] == *raw).cloned()
+    }
+
+    pub fn remember(&mut self, known: &KnownProperties) {
+        self.0 = Some(known.clone());
+    }
+}
+
+impl PendingPublish {
+    /// The message's body, copied into one buffer of its exact size. The frames are slices of
+    /// the connection's 64 KiB read buffers; a queued message that kept such a slice would keep
+    /// its whole read buffer alive (the log's newest entries and the queues share the proposed
+    /// command), so one message left in a queue could hold 64 KiB. One copy of the message is
+    /// what the log's encoding cost anyway. The body gets an allocation of its own, apart from
+    /// the properties: a body of a round size (1 KiB) then fills its allocator size class
+    /// exactly, where body and properties together took the next class up (1.25 KiB).
+    pub fn take_body(&mut self) -> Bytes {
+        let body = match self.chunks.as_slice() {
+            [one] => Bytes::copy_from_slice(one),
+            chunks => {
+                let mut all = Vec::with_capacity(self.received as usize);
+                for c in chunks {
+                    all.extend_from_slice(c);
+                }
+                Bytes::from(all)
+            }
+        };
+        self.chunks.clear();
+        body
     }
 }
 
@@ -81,6 +150,7 @@ pub struct Slot {
     pub last_queue: Option<String>,
     /// basic.recover-async has no reply: swallow that many RecoverOk.
     pub silent_recovers: u32,
+    pub last_properties: LastProperties,
 }
 
 impl Slot {
@@ -96,6 +166,7 @@ impl Slot {
             pending_confirms: Vec::new(),
             last_queue: None,
             silent_recovers: 0,
+            last_properties: LastProperties::default(),
         }
     }
 }
@@ -148,6 +219,77 @@ pub fn fold_confirms(confirms: &[(u64, bool)]) -> Vec<ConfirmFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn properties_are_checked_once_and_shared_while_they_repeat() {
+        // delivery_mode 2 and priority 3 (flags 0x1800).
+        let raw = [0x18, 0x00, 2, 3];
+        let known = KnownProperties::check(&raw, "guest").unwrap();
+        assert!(known.persistent);
+        assert_eq!((known.priority, known.expiration_ms), (3, None));
+        let mut last = LastProperties::default();
+        assert!(last.matching(&raw).is_none());
+        last.remember(&known);
+        let again = last.matching(&raw).expect("the same bytes match");
+        assert_eq!(again.raw.as_ptr(), known.raw.as_ptr(), "one shared copy");
+        assert!(
+            last.matching(&[0x10, 0x00, 2]).is_none(),
+            "other bytes do not"
+        );
+
+        // expiration "500" (flags 0x0100).
+        let known = KnownProperties::check(&[0x01, 0x00, 3, b'5', b'0', b'0'], "guest").unwrap();
+        assert_eq!(known.expiration_ms, Some(500));
+        assert!(!known.persistent);
+    }
+
+    #[test]
+    fn bad_properties_are_told_apart() {
+        // The delivery_mode flag with no byte after it.
+        assert!(matches!(
+            KnownProperties::check(&[0x10, 0x00], "guest"),
+            Err(BadProperties::Malformed(_))
+        ));
+        let Err(BadProperties::Refused(why)) =
+            KnownProperties::check(&[0x01, 0x00, 3, b'a', b'b', b'c'], "guest")
+        else {
+            panic!("a non-numeric expiration is refused");
+        };
+        assert_eq!(why, "invalid expiration 'abc'");
+        // user_id "bob" (flags 0x0010) from a connection of "guest".
+        let Err(BadProperties::Refused(why)) =
+            KnownProperties::check(&[0x00, 0x10, 3, b'b', b'o', b'b'], "guest")
+        else {
+            panic!("another user's user_id is refused");
+        };
+        assert!(why.contains("'bob'") && why.contains("'guest'"), "{why}");
+    }
+
+    #[test]
+    fn a_body_is_copied_out_of_its_frames_into_its_own_buffer() {
+        let frames = Bytes::from_static(b"0123456789abcdef");
+        let mut one = PendingPublish {
+            exchange: String::new(),
+            routing_key: String::new(),
+            mandatory: false,
+            header: None,
+            chunks: vec![frames.slice(2..12)],
+            received: 10,
+        };
+        let body = one.take_body();
+        assert_eq!(&body[..], b"23456789ab");
+        assert!(
+            !frames.as_ptr_range().contains(&body.as_ptr()),
+            "the body must not keep the read buffer alive"
+        );
+        assert!(one.chunks.is_empty());
+        let mut two = PendingPublish {
+            chunks: vec![frames.slice(0..3), frames.slice(10..16)],
+            received: 9,
+            ..one
+        };
+        assert_eq!(&two.take_body()[..], b"012abcdef");
+    }
 
     #[test]
     fn runs_of_acks_fold_into_one_multiple_ack_and_nacks_stay_single() {

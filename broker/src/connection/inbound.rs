@@ -4,11 +4,13 @@
 //! replicated state (frame order, channel numbers, modes, property syntax) are made here;
 //! everything else is the machine's.
 
-use super::channel::{Mode, PendingHeader, PendingPublish, Phase, Slot};
+use super::channel::{
+    BadProperties, KnownProperties, Mode, PendingHeader, PendingPublish, Phase, Slot,
+};
 use super::{method_ids, Conn, HardError, Stop};
 use crate::ids::ChannelRef;
 use crate::machine::command::{Command, Publish, PublishedMessage, Settle};
-use crate::protocol::content::{decode_properties, parse_expiration, ContentHeader};
+use crate::protocol::content::ContentHeader;
 use crate::protocol::frame::{RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD};
 use crate::protocol::method::{decode_method, put_method};
 use crate::reply_code::{
@@ -727,45 +729,28 @@ impl Conn {
                 )
                 .await;
         }
-        let props = match decode_properties(&header.properties) {
-            Ok(p) => p,
-            Err(e) => return Err(hard(FRAME_ERROR, e, 60, 40)),
-        };
-        if let Some(user_id) = props.user_id() {
-            if user_id.as_str() != self.user {
-                let detail = format!(
-                    "user_id property set to '{}' but authenticated user was '{}'",
-                    user_id.as_str(),
-                    self.user
-                );
-                return self
-                    .channel_error(number, PRECONDITION_FAILED, detail, 60, 40)
-                    .await;
-            }
-        }
-        let expiration_ms = match props.expiration() {
-            None => None,
-            Some(e) => match parse_expiration(e.as_str()) {
-                Some(ms) => Some(ms),
-                None => {
+        let known = match self
+            .slot(number)
+            .last_properties
+            .matching(&header.properties)
+        {
+            Some(known) => known,
+            None => match KnownProperties::check(&header.properties, &self.user) {
+                Ok(known) => {
+                    self.slot(number).last_properties.remember(&known);
+                    known
+                }
+                Err(BadProperties::Malformed(e)) => return Err(hard(FRAME_ERROR, e, 60, 40)),
+                Err(BadProperties::Refused(detail)) => {
                     return self
-                        .channel_error(
-                            number,
-                            PRECONDITION_FAILED,
-                            format!("invalid expiration '{}'", e.as_str()),
-                            60,
-                            40,
-                        )
-                        .await;
+                        .channel_error(number, PRECONDITION_FAILED, detail, 60, 40)
+                        .await
                 }
             },
         };
         let pending = PendingHeader {
             body_size: header.body_size,
-            persistent: *props.delivery_mode() == Some(2),
-            priority: props.priority().unwrap_or(0),
-            expiration_ms,
-            properties: header.properties,
+            properties: known,
         };
         let slot = self.slot(number);
         let content = slot.content.as_mut().expect("checked above");
@@ -822,7 +807,8 @@ impl Conn {
         let slot = self.slot(number);
         let mut content = slot.content.take().expect("a publish in progress");
         let header = content.header.take().expect("header arrived");
-        let (properties, body) = content.take_message(&header.properties);
+        let body = content.take_body();
+        let known = header.properties;
         let confirm_seq = if slot.mode == Mode::Confirm {
             slot.publish_seq += 1;
             Some(slot.publish_seq)
@@ -835,11 +821,11 @@ impl Conn {
             mandatory: content.mandatory,
             confirm_seq,
             message: PublishedMessage {
-                properties,
+                properties: known.raw,
                 body,
-                persistent: header.persistent,
-                priority: header.priority,
-                expiration_ms: header.expiration_ms,
+                persistent: known.persistent,
+                priority: known.priority,
+                expiration_ms: known.expiration_ms,
             },
         };
         if slot.mode == Mode::Tx {
