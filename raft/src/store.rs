@@ -255,9 +255,6 @@ fn io_err(
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
-/// Most commands in a lone node's append that is reported before its fsync (`SyncPolicy`).
-const EARLY_COMMANDS: usize = 16;
-
 /// How an append reaches the disk, and when openraft hears it is flushed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Durability {
@@ -277,12 +274,11 @@ pub(crate) enum Durability {
 /// fsync. On a cluster node every append is fsync'ed first. A node is lone when no peer can
 /// reach it and its membership is itself alone (standalone, or the active node of an
 /// active/standby pair): its disk is the only copy of the log, and what it applies depends on
-/// no other node's flush. A lone node reports a small append (a few commands: a light load)
-/// flushed as soon as it is written (readable), so openraft commits and applies it at once,
-/// and fsyncs it afterwards ([`Durability::SyncedAfter`]); the broker holds every effect that
-/// promises something until that fsync. A larger append is fsync'ed first, as on a cluster
-/// node: under load, the fsync is what lets the next batch fill up while it runs, and batches
-/// turned faster cost more than they save (docs/benchmarks.md, session 11). An append of
+/// no other node's flush. A lone node reports an append flushed as soon as it is written
+/// (readable), so openraft commits and applies it at once, and fsyncs it afterwards
+/// ([`Durability::SyncedAfter`]); the broker holds every effect that promises something until
+/// that fsync. The writer makes that fsync before it takes its next group, so under load the
+/// next batch still fills up while the fsync runs. An append of
 /// volatile entries alone ([`CommandBatch::is_volatile`]: settlements, gets, consumers, ticks,
 /// publishes outside confirm mode) is not fsync'ed with it: the next synced write (a confirmed
 /// publish, a declaration, a snapshot's record) covers it, since RocksDB has one write-ahead
@@ -304,32 +300,23 @@ impl SyncPolicy {
     /// How an append of `entries` is written. A membership of more than one node ends the
     /// lone mode for good (this open), before its own entry is written.
     pub(crate) fn durability(&self, entries: &[LogEntry]) -> Durability {
-        let (mut volatile, mut commands) = (true, 0);
+        let mut volatile = true;
         for entry in entries {
             match &entry.payload {
-                EntryPayload::Normal(batch) => {
-                    volatile &= batch.is_volatile();
-                    commands += batch.commands.len();
-                }
+                EntryPayload::Normal(batch) => volatile &= batch.is_volatile(),
                 EntryPayload::Membership(m) if m.nodes().nth(1).is_some() => {
                     self.set_lone(false);
                     return Durability::SyncedFirst;
                 }
-                EntryPayload::Blank | EntryPayload::Membership(_) => {
-                    volatile = false;
-                    commands += 1;
-                }
+                EntryPayload::Blank | EntryPayload::Membership(_) => volatile = false,
             }
         }
         if !self.lone.load(Ordering::Relaxed) {
-            return Durability::SyncedFirst;
-        }
-        if volatile {
-            Durability::Unsynced
-        } else if commands <= EARLY_COMMANDS {
-            Durability::SyncedAfter
-        } else {
             Durability::SyncedFirst
+        } else if volatile {
+            Durability::Unsynced
+        } else {
+            Durability::SyncedAfter
         }
     }
 }
@@ -678,6 +665,69 @@ mod tests {
             assert_eq!(bytes[0], LOG_FORMAT_VERSION);
             assert_eq!(decode_log_entry(&bytes).expect("decodes"), entry);
         }
+    }
+
+    #[test]
+    fn a_lone_node_applies_before_the_fsync_and_a_cluster_node_after() {
+        let batch = |commands: Vec<Command>| LogEntry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Normal(Arc::new(CommandBatch {
+                now_ms: 0,
+                commands,
+                origin: None,
+            })),
+        };
+        let start = || Command::NodeStarted {
+            node: 1,
+            epoch: 1,
+            drop_transient: false,
+        };
+        let close = |n| Command::ConnectionClosed {
+            conn: raftmq_broker::ids::ConnId {
+                node: 1,
+                epoch: 1,
+                seq: n,
+            },
+        };
+        let volatile = batch((0..100).map(close).collect());
+        // A large append that promises something (in its middle).
+        let large = batch(
+            (0..50)
+                .map(close)
+                .chain([start()])
+                .chain((50..100).map(close))
+                .collect(),
+        );
+
+        let policy = SyncPolicy::default();
+        assert_eq!(
+            policy.durability(&[volatile.clone()]),
+            Durability::SyncedFirst
+        );
+        assert_eq!(policy.durability(&[large.clone()]), Durability::SyncedFirst);
+        policy.set_lone(true);
+        assert_eq!(policy.durability(&[volatile.clone()]), Durability::Unsynced);
+        assert_eq!(
+            policy.durability(&[volatile.clone(), large.clone()]),
+            Durability::SyncedAfter,
+            "whatever its size"
+        );
+        let blank = LogEntry {
+            log_id: log_id(1, 2),
+            payload: EntryPayload::Blank,
+        };
+        assert_eq!(policy.durability(&[blank]), Durability::SyncedAfter);
+        // A membership of two ends the lone mode for good.
+        let mut nodes = BTreeMap::new();
+        for id in [1, 2] {
+            nodes.insert(id, NodeInfo::default());
+        }
+        let two = LogEntry {
+            log_id: log_id(1, 3),
+            payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2])], nodes)),
+        };
+        assert_eq!(policy.durability(&[two]), Durability::SyncedFirst);
+        assert_eq!(policy.durability(&[volatile]), Durability::SyncedFirst);
     }
 
     /// Stores a snapshot meta covering the log up to `index`, as `state_machine.rs` does.
