@@ -100,7 +100,7 @@ impl HeldEffects {
 mod tests {
     use super::*;
     use crate::ids::ChannelRef;
-    use crate::machine::effect::OutgoingMessage;
+    use crate::machine::queue::QueuedMessage;
     use crate::machine::tests::testkit::conn;
     use bytes::Bytes;
 
@@ -126,12 +126,16 @@ mod tests {
             consumer_tag: "ctag".into(),
             delivery_tag: tag,
             redelivered: false,
-            message: OutgoingMessage {
+            message: std::sync::Arc::new(QueuedMessage {
                 exchange: String::new(),
                 routing_key: "q".into(),
                 properties: Bytes::new(),
                 body: Bytes::from_static(b"m"),
-            },
+                persistent: false,
+                priority: 0,
+                expires_at_ms: None,
+                redelivered: false,
+            }),
         }
     }
 

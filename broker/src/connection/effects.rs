@@ -5,7 +5,7 @@
 use super::channel::{fold_confirms, Phase};
 use super::inbound::put_channel_close;
 use super::{Conn, HardError, Stop, FLOW_PAUSE};
-use crate::machine::effect::{Effect, OutgoingMessage, Reply};
+use crate::machine::effect::{Effect, Reply};
 use crate::protocol::method::put_method;
 use crate::protocol::outbound::put_content_method;
 use amq_protocol::protocol::{basic, channel, exchange, queue, tx, AMQPClass};
@@ -138,25 +138,19 @@ impl Conn {
                     message,
                     ..
                 } => {
-                    let OutgoingMessage {
-                        exchange,
-                        routing_key,
-                        properties,
-                        body,
-                    } = message;
                     let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
                         consumer_tag: consumer_tag.into(),
                         delivery_tag,
                         redelivered,
-                        exchange: exchange.into(),
-                        routing_key: routing_key.into(),
+                        exchange: message.exchange.as_str().into(),
+                        routing_key: message.routing_key.as_str().into(),
                     }));
                     put_content_method(
                         &mut self.out,
                         number,
                         method,
-                        &properties,
-                        &body,
+                        &message.properties,
+                        &message.body,
                         self.frame_max,
                     );
                 }
@@ -167,25 +161,19 @@ impl Conn {
                     message,
                     ..
                 } => {
-                    let OutgoingMessage {
-                        exchange,
-                        routing_key,
-                        properties,
-                        body,
-                    } = message;
                     let method = AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
                         delivery_tag,
                         redelivered,
-                        exchange: exchange.into(),
-                        routing_key: routing_key.into(),
+                        exchange: message.exchange.as_str().into(),
+                        routing_key: message.routing_key.as_str().into(),
                         message_count,
                     }));
                     put_content_method(
                         &mut self.out,
                         number,
                         method,
-                        &properties,
-                        &body,
+                        &message.properties,
+                        &message.body,
                         self.frame_max,
                     );
                 }
@@ -195,24 +183,18 @@ impl Conn {
                     message,
                     ..
                 } => {
-                    let OutgoingMessage {
-                        exchange,
-                        routing_key,
-                        properties,
-                        body,
-                    } = message;
                     let method = AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                         reply_code,
                         reply_text: super::truncate_short(&reply_text).into(),
-                        exchange: exchange.into(),
-                        routing_key: routing_key.into(),
+                        exchange: message.exchange.as_str().into(),
+                        routing_key: message.routing_key.as_str().into(),
                     }));
                     put_content_method(
                         &mut self.out,
                         number,
                         method,
-                        &properties,
-                        &body,
+                        &message.properties,
+                        &message.body,
                         self.frame_max,
                     );
                 }

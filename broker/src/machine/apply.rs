@@ -10,13 +10,14 @@
 use super::channel::Consumer;
 use super::command::{Command, Publish, Settle};
 use super::delivery::{channel_range, Disposition};
-use super::effect::{Effect, OutgoingMessage, Reply};
+use super::effect::{Effect, Reply};
 use super::exchange::{Destination, Exchange, ExchangeKind};
-use super::queue::{check_args_equivalent, Queue, QueueArgs, SettleBatch};
+use super::queue::{check_args_equivalent, Queue, QueueArgs, QueuedMessage, SettleBatch};
 use super::{Ctx, Incoming, State};
 use crate::ids::{ChannelRef, ConnId, NodeId};
 use crate::reply_code::{self, *};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// A client mistake: the reply code, the full reply text, and (when it is not the command's
 /// own method, as inside tx.commit) the class and method to blame.
@@ -764,12 +765,16 @@ impl State {
         let targets = self.route(&p.exchange, &p.routing_key, &p.message.properties);
         let m = &p.message;
         if targets.is_empty() && p.mandatory {
-            let message = OutgoingMessage {
+            let message = Arc::new(QueuedMessage {
                 exchange: p.exchange.clone(),
                 routing_key: p.routing_key.clone(),
                 properties: m.properties.clone(),
                 body: m.body.clone(),
-            };
+                persistent: m.persistent,
+                priority: m.priority,
+                expires_at_ms: None,
+                redelivered: false,
+            });
             cx.fx.push(Effect::Return {
                 ch,
                 reply_code: NO_ROUTE,
@@ -820,12 +825,7 @@ impl State {
         let message_count = q.ready.len() as u32;
         let chan = self.channels.get_mut(&ch).expect("created");
         let delivery_tag = chan.next_delivery_tag();
-        let message = OutgoingMessage {
-            exchange: msg.exchange.clone(),
-            routing_key: msg.routing_key.clone(),
-            properties: msg.properties.clone(),
-            body: msg.body.clone(),
-        };
+        let message = msg.clone();
         cx.fx.push(Effect::GetOk {
             ch,
             delivery_tag,

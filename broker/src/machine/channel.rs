@@ -10,13 +10,14 @@ use super::queue::{MsgKey, QueuedMessage};
 use crate::ids::ChannelRef;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A delivery the client has not settled yet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Unacked {
     pub queue_id: u64,
     pub key: MsgKey,
-    pub message: QueuedMessage,
+    pub message: Arc<QueuedMessage>,
     /// The consumer it went to; None for basic.get.
     pub consumer: Option<u64>,
 }

@@ -18,6 +18,7 @@ use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortSt
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reason {
@@ -44,14 +45,14 @@ pub struct DeadLetter {
     pub dlx: String,
     pub dlrk: Option<String>,
     pub reason: Reason,
-    pub msg: QueuedMessage,
+    pub msg: Arc<QueuedMessage>,
 }
 
 /// Hands a message that left queue `q` for `reason` to dead-lettering, or drops it when the
 /// queue has no dead-letter exchange.
 pub(crate) fn dead_letter_from(
     q: &Queue,
-    msg: QueuedMessage,
+    msg: Arc<QueuedMessage>,
     reason: Reason,
     dead: &mut VecDeque<DeadLetter>,
 ) {

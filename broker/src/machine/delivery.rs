@@ -11,11 +11,12 @@
 
 use super::channel::Unacked;
 use super::dead_letter::{dead_letter_from, Reason};
-use super::effect::{Effect, OutgoingMessage};
+use super::effect::Effect;
 use super::exchange::Destination;
 use super::queue::{MsgKey, Overflow, QueuedMessage};
 use super::{Ctx, Incoming, State};
 use crate::ids::{ChannelRef, ConnId};
+use std::sync::Arc;
 
 /// What happens to a settled delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +121,7 @@ impl State {
     }
 
     /// basic.deliver of one message to consumer `cid`.
-    fn deliver(&mut self, qid: u64, cid: u64, key: MsgKey, msg: QueuedMessage, cx: &mut Ctx) {
+    fn deliver(&mut self, qid: u64, cid: u64, key: MsgKey, msg: Arc<QueuedMessage>, cx: &mut Ctx) {
         let State {
             queues,
             consumers,
@@ -134,39 +135,20 @@ impl State {
         let redelivered = msg.redelivered;
         if c.no_ack {
             stats.removed += 1;
-            let QueuedMessage {
-                exchange,
-                routing_key,
-                properties,
-                body,
-                ..
-            } = msg;
-            let message = OutgoingMessage {
-                exchange,
-                routing_key,
-                properties,
-                body,
-            };
             cx.fx.push(Effect::Deliver {
                 ch: c.ch,
                 consumer_tag: c.tag.clone(),
                 delivery_tag,
                 redelivered,
-                message,
+                message: msg,
             });
         } else {
-            let message = OutgoingMessage {
-                exchange: msg.exchange.clone(),
-                routing_key: msg.routing_key.clone(),
-                properties: msg.properties.clone(),
-                body: msg.body.clone(),
-            };
             cx.fx.push(Effect::Deliver {
                 ch: c.ch,
                 consumer_tag: c.tag.clone(),
                 delivery_tag,
                 redelivered,
-                message,
+                message: msg.clone(),
             });
             c.unacked += 1;
             ch.consumer_unacked += 1;
@@ -259,7 +241,8 @@ impl State {
             Disposition::Ack => self.stats.removed += 1,
             Disposition::Requeue => {
                 let mut msg = u.message;
-                msg.redelivered = true;
+                // A copy only while a snapshot being written still shares it.
+                Arc::make_mut(&mut msg).redelivered = true;
                 if msg.expires_at_ms.is_some() {
                     self.timed_queues.insert(u.queue_id);
                 }

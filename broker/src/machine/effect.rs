@@ -2,18 +2,14 @@
 //! same effects from the same entry; only the node hosting the named connection carries them
 //! out (the dispatcher drops the rest). Effects are data, never callbacks.
 
+use super::queue::QueuedMessage;
 use crate::ids::{ChannelRef, ConnId};
-use bytes::Bytes;
+use std::sync::Arc;
 
 /// A message as it goes out to a client: the exchange and routing key it was published with,
-/// and its properties blob (flags word first) and body.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OutgoingMessage {
-    pub exchange: String,
-    pub routing_key: String,
-    pub properties: Bytes,
-    pub body: Bytes,
-}
+/// and its properties blob (flags word first) and body. The queued message itself, shared: a
+/// delivery copies nothing in `apply`.
+pub type OutgoingMessage = Arc<QueuedMessage>;
 
 /// The answer to a synchronous method.
 #[derive(Clone, Debug, PartialEq)]

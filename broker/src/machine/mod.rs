@@ -40,6 +40,7 @@ use exchange::{Destination, Exchange, BUILT_IN};
 use queue::{Queue, QueuedMessage};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 /// Counters of message copies entering and leaving queues. Every copy that entered a queue
 /// (`enqueued`) is ready, unacknowledged, or has left (`removed`: acked, auto-acked, dropped,
@@ -145,8 +146,8 @@ pub(crate) struct Incoming<'a> {
 }
 
 impl Incoming<'_> {
-    fn to_queued(self, expires_at_ms: Option<u64>) -> QueuedMessage {
-        QueuedMessage {
+    fn to_queued(self, expires_at_ms: Option<u64>) -> Arc<QueuedMessage> {
+        Arc::new(QueuedMessage {
             exchange: self.exchange.to_owned(),
             routing_key: self.routing_key.to_owned(),
             properties: self.properties.clone(),
@@ -155,7 +156,7 @@ impl Incoming<'_> {
             priority: self.priority,
             expires_at_ms,
             redelivered: false,
-        }
+        })
     }
 }
 

@@ -13,12 +13,15 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 /// Ordering key of a message in its queue: (255 - effective priority, sequence number).
 /// The smallest key is the head: highest priority first, FIFO within a priority.
 pub type MsgKey = (u8, u64);
 
-/// A message in a queue (ready) or held by a channel (unacknowledged).
+/// A message in a queue (ready) or held by a channel (unacknowledged). Queues, channels and
+/// deliveries hold it behind an `Arc`: a delivery going out, and a snapshot's copy of the state,
+/// then share it instead of copying its fields.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct QueuedMessage {
     /// The exchange and routing key it was published (or dead-lettered) with.
@@ -289,7 +292,7 @@ pub struct Queue {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     pub args: QueueArgs,
-    pub ready: BTreeMap<MsgKey, QueuedMessage>,
+    pub ready: BTreeMap<MsgKey, Arc<QueuedMessage>>,
     /// Sum of the body sizes of the ready messages (x-max-length-bytes).
     pub ready_bytes: u64,
     /// Ready messages that carry an expiry (the tick has work here while > 0).
@@ -320,7 +323,7 @@ impl Queue {
         (255 - effective, self.next_seq)
     }
 
-    pub fn push_ready(&mut self, key: MsgKey, msg: QueuedMessage) {
+    pub fn push_ready(&mut self, key: MsgKey, msg: Arc<QueuedMessage>) {
         self.ready_bytes += msg.body.len() as u64;
         if msg.expires_at_ms.is_some() {
             self.expiring_ready += 1;
@@ -328,7 +331,7 @@ impl Queue {
         self.ready.insert(key, msg);
     }
 
-    pub fn pop_head(&mut self) -> Option<(MsgKey, QueuedMessage)> {
+    pub fn pop_head(&mut self) -> Option<(MsgKey, Arc<QueuedMessage>)> {
         let (key, msg) = self.ready.pop_first()?;
         self.account_removed(&msg);
         Some((key, msg))
