@@ -1,8 +1,8 @@
 //! What a connection remembers about each of its channels, with no I/O: whether it is open or
 //! closing, the content of a publish being assembled from header and body frames (and the
 //! properties it published with last), publisher confirm numbering and the folding of
-//! confirms into `multiple` acks, and the buffer of a transaction. Deliveries, consumers and unacknowledged messages are not here: they are
-//! replicated state, in the machine.
+//! confirms into `multiple` acks, and the buffer of a transaction. Deliveries, consumers and
+//! unacknowledged messages are not here: they are replicated state, in the machine.
 
 use crate::ids::ChannelRef;
 use crate::machine::command::{Publish, Settle};

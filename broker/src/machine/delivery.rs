@@ -241,7 +241,8 @@ impl State {
             Disposition::Ack => self.stats.removed += 1,
             Disposition::Requeue => {
                 let mut msg = u.message;
-                // A copy only while a snapshot being written still shares it.
+                // Copied only while another holder shares it (a snapshot being written, a
+                // delivery not yet sent).
                 Arc::make_mut(&mut msg).redelivered = true;
                 if msg.expires_at_ms.is_some() {
                     self.timed_queues.insert(u.queue_id);
