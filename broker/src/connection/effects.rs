@@ -7,7 +7,7 @@ use super::inbound::put_channel_close;
 use super::{Conn, HardError, Stop, FLOW_PAUSE};
 use crate::machine::effect::{Effect, Reply};
 use crate::protocol::method::put_method;
-use crate::protocol::outbound::put_content_method;
+use crate::protocol::outbound::{put_content_method, put_deliver, Deliver};
 use amq_protocol::protocol::{basic, channel, exchange, queue, tx, AMQPClass};
 use std::time::Instant;
 
@@ -138,17 +138,17 @@ impl Conn {
                     message,
                     ..
                 } => {
-                    let method = AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                        consumer_tag: consumer_tag.into(),
+                    let deliver = Deliver {
+                        consumer_tag: &consumer_tag,
                         delivery_tag,
                         redelivered,
-                        exchange: message.exchange.as_str().into(),
-                        routing_key: message.routing_key.as_str().into(),
-                    }));
-                    put_content_method(
+                        exchange: &message.exchange,
+                        routing_key: &message.routing_key,
+                    };
+                    put_deliver(
                         &mut self.out,
                         number,
-                        method,
+                        &deliver,
                         &message.properties,
                         &message.body,
                         self.frame_max,

@@ -714,7 +714,7 @@ impl State {
             cid,
             Consumer {
                 ch,
-                tag: tag.to_owned(),
+                tag: tag.into(),
                 queue_id: qid,
                 no_ack,
                 exclusive,

@@ -68,7 +68,7 @@ impl Channel {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Consumer {
     pub ch: ChannelRef,
-    pub tag: String,
+    pub tag: Arc<str>,
     pub queue_id: u64,
     pub no_ack: bool,
     pub exclusive: bool,

@@ -308,11 +308,11 @@ impl State {
         for cid in &q.consumers {
             if let Some(c) = self.consumers.remove(cid) {
                 if let Some(chan) = self.channels.get_mut(&c.ch) {
-                    chan.consumers.remove(&c.tag);
+                    chan.consumers.remove(&*c.tag);
                 }
                 cx.fx.push(Effect::CancelConsumer {
                     ch: c.ch,
-                    consumer_tag: c.tag,
+                    consumer_tag: c.tag.to_string(),
                 });
             }
         }

@@ -53,10 +53,11 @@ pub enum Effect {
         ch: ChannelRef,
         reply: Reply,
     },
-    /// basic.deliver to a consumer.
+    /// basic.deliver to a consumer. The tag is shared with the consumer: a delivery copies
+    /// no string.
     Deliver {
         ch: ChannelRef,
-        consumer_tag: String,
+        consumer_tag: Arc<str>,
         delivery_tag: u64,
         redelivered: bool,
         message: OutgoingMessage,

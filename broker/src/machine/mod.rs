@@ -33,7 +33,7 @@ pub(crate) mod tests;
 use crate::ids::{ChannelRef, ConnId};
 use bytes::Bytes;
 use channel::{Channel, Consumer};
-use command::Entry;
+use command::{Command, Entry};
 use dead_letter::DeadLetter;
 use effect::Effect;
 use exchange::{Destination, Exchange, BUILT_IN};
@@ -199,6 +199,15 @@ impl State {
         self.last_index = index;
         self.now_ms = self.now_ms.max(entry.now_ms);
         let mut cx = Ctx::default();
+        // Most effects of a busy entry are its publishes' deliveries and confirms, and a few
+        // flow signals: room for them at once, so that the vector is not grown and copied step
+        // by step (a vector one effect too small is copied whole into one twice its size).
+        let publishes = entry
+            .commands
+            .iter()
+            .filter(|c| matches!(c, Command::Publish { .. }))
+            .count();
+        cx.fx.reserve(2 * publishes + 8);
         self.run_timers(&mut cx);
         self.run_pending(&mut cx);
         if let Some(origin) = &entry.origin {

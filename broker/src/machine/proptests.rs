@@ -418,7 +418,7 @@ fn check_invariants(state: &State) -> Result<(), String> {
                 .consumers
                 .get(cid)
                 .ok_or(format!("{ch}: consumer {tag} missing"))?;
-            if c.ch != *ch || &c.tag != tag {
+            if c.ch != *ch || *c.tag != **tag {
                 return Err(format!(
                     "consumer {cid} is filed under the wrong channel or tag"
                 ));
@@ -598,7 +598,7 @@ impl Run {
                 (consumer, *redelivered, message.exchange == "dlx")
             {
                 let number: u64 = String::from_utf8_lossy(&message.body).parse().unwrap();
-                let prev = self.last_body.entry((*ch, consumer.clone())).or_default();
+                let prev = self.last_body.entry((*ch, consumer.to_string())).or_default();
                 prop_assert!(number > *prev, "{} got {} after {}", consumer, number, prev);
                 *prev = number;
             }

@@ -273,7 +273,7 @@ pub(crate) mod testkit {
                     message,
                 } => Some((
                     *ch,
-                    consumer_tag.clone(),
+                    consumer_tag.to_string(),
                     *delivery_tag,
                     *redelivered,
                     String::from_utf8_lossy(&message.body).into_owned(),
