@@ -17,6 +17,12 @@
 //! openraft through those callbacks, so the writer fails every later write (openraft then
 //! stops) and tells the sink to close its connections.
 //!
+//! A lone node's append that needs no fsync ([`Durability::Unsynced`]) is written on the
+//! caller's thread instead ([`LogWriter::write_now`]) when nothing is queued for the thread or
+//! being written by it, so order is kept: it skips the two hand-offs between threads, which in
+//! a log that turns for one or two commands at a time were a fifth of the broker's CPU
+//! (benchmarks.md, session 14). The thread still makes the fsync that covers it.
+//!
 //! Between groups it also drops table files that durable purges left behind (`log_reclaim`).
 
 use crate::log_reclaim::{Reclaim, DROP_SPACING};
@@ -27,9 +33,9 @@ use crate::types::{LogId, TypeConfig};
 use openraft::storage::LogFlushed;
 use raftmq_broker::log::EffectSink;
 use rocksdb::{WriteBatch, WriteOptions, DB};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -63,6 +69,36 @@ pub(crate) struct LogWriter {
     thread: Arc<WriterThread>,
     /// Groups written with an fsync since the writer started.
     syncs: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    db: Arc<DB>,
+    recent: Arc<Mutex<RecentLog>>,
+}
+
+/// What the writer thread and [`LogWriter::write_now`] share.
+#[derive(Default)]
+struct Shared {
+    /// Jobs sent to the thread and not yet taken off the queue and written by it. Raised before
+    /// a send, lowered by the thread under `state`'s lock once it has handled them.
+    queued: AtomicUsize,
+    /// Held by whoever writes: the thread for a whole group, `write_now` for its write.
+    state: Mutex<WriteState>,
+}
+
+#[derive(Default)]
+struct WriteState {
+    /// Set when an fsync failed after some of its writes were already reported: every later
+    /// job fails with it.
+    failed: Option<rocksdb::Error>,
+    /// The last index of the newest append written, synced or not: what an fsync makes durable.
+    written: Option<u64>,
+    /// When the oldest write not yet covered by an fsync was made.
+    unsynced_since: Option<Instant>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, WriteState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 struct WriterThread {
@@ -96,18 +132,18 @@ impl LogWriter {
     ) -> Result<LogWriter, StoreError> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let syncs = Arc::new(AtomicU64::new(0));
-        let counted = syncs.clone();
+        let shared = Arc::new(Shared::default());
+        let (counted, thread_db, thread_recent, thread_shared) =
+            (syncs.clone(), db.clone(), recent.clone(), shared.clone());
         let handle = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || {
-                let mut writer = Writer {
-                    db: &db,
-                    recent: &recent,
+                let writer = Writer {
+                    db: &thread_db,
+                    recent: &thread_recent,
                     sink: sink.as_ref(),
                     syncs: &counted,
-                    failed: None,
-                    written: None,
-                    unsynced_since: None,
+                    shared: &thread_shared,
                 };
                 writer.run(&queue)
             })
@@ -118,6 +154,9 @@ impl LogWriter {
                 handle: Some(handle),
             }),
             syncs,
+            shared,
+            db,
+            recent,
         })
     }
 
@@ -157,12 +196,50 @@ impl LogWriter {
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.thread
-            .jobs
-            .as_ref()
-            .ok_or(StoreError::WriterGone)?
-            .send(job)
-            .map_err(|_| StoreError::WriterGone)
+        let jobs = self.thread.jobs.as_ref().ok_or(StoreError::WriterGone)?;
+        self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        jobs.send(job).map_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+            StoreError::WriterGone
+        })
+    }
+
+    /// Writes an append of a lone node that needs no fsync of its own
+    /// ([`Durability::Unsynced`]) here and now, and reports it to openraft, if the thread has
+    /// nothing queued and is not writing: then nothing written earlier can be overtaken.
+    /// Otherwise hands the batch and callback back, to be queued with [`LogWriter::submit`]:
+    /// it never waits for the thread, which may be in an fsync.
+    ///
+    /// Durability: as for the thread's unsynced writes. The write is in RocksDB's write-ahead
+    /// log (the page cache) when openraft hears of it; the thread's next synced write, or its
+    /// own fsync at most [`SYNC_WINDOW`] later, makes it durable and tells the sink.
+    pub(crate) fn write_now(
+        &self,
+        batch: WriteBatch,
+        ids: Vec<LogId>,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), (WriteBatch, Vec<LogId>, LogFlushed<TypeConfig>)> {
+        let mut state = match self.shared.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err((batch, ids, callback)),
+        };
+        if self.shared.queued.load(Ordering::SeqCst) != 0 {
+            return Err((batch, ids, callback));
+        }
+        let result = match &state.failed {
+            Some(e) => Err(e.clone()),
+            None => self.db.write_opt(batch, &WriteOptions::default()),
+        };
+        if result.is_ok() {
+            if let Some(last) = ids.last() {
+                state.written = Some(last.index);
+            }
+            // The thread looks at this at least every SYNC_WINDOW (`Writer::run`).
+            state.unsynced_since.get_or_insert_with(Instant::now);
+        }
+        finish(&self.recent, vec![Done::Appended { ids, callback }], result);
+        Ok(())
     }
 
     /// Queues a write and waits for it (and for its fsync, if `sync`).
@@ -183,17 +260,11 @@ struct Writer<'a> {
     recent: &'a Mutex<RecentLog>,
     sink: &'a dyn EffectSink,
     syncs: &'a AtomicU64,
-    /// Set when an fsync failed after some of its writes were already reported: every later
-    /// job fails with it.
-    failed: Option<rocksdb::Error>,
-    /// The last index of the newest append written, synced or not: what an fsync makes durable.
-    written: Option<u64>,
-    /// When the oldest write not yet covered by an fsync was made.
-    unsynced_since: Option<Instant>,
+    shared: &'a Shared,
 }
 
 impl Writer<'_> {
-    fn run(&mut self, queue: &mpsc::Receiver<Job>) {
+    fn run(&self, queue: &mpsc::Receiver<Job>) {
         let db = self.db;
         let mut group = Vec::new();
         // A purge waiting for the stored snapshot to cover it (`LogWriter::purge`).
@@ -201,23 +272,18 @@ impl Writer<'_> {
         let mut reclaim = Reclaim::default();
         loop {
             // Wake up for whichever comes first: the unsynced writes' fsync, or the next step of
-            // a held purge or of reclaiming files.
-            let sync_due = self
-                .unsynced_since
-                .map(|since| SYNC_WINDOW.saturating_sub(since.elapsed()));
+            // a held purge or of reclaiming files. With nothing unsynced, still every
+            // SYNC_WINDOW: `LogWriter::write_now` makes unsynced writes without waking it.
+            let sync_due = match self.shared.state().unsynced_since {
+                Some(since) => SYNC_WINDOW.saturating_sub(since.elapsed()),
+                None => SYNC_WINDOW,
+            };
             let drop_due = (held.is_some() || reclaim.pending()).then_some(DROP_SPACING);
-            let timeout = sync_due.into_iter().chain(drop_due).min();
-            let first = if let Some(timeout) = timeout {
-                match queue.recv_timeout(timeout) {
-                    Ok(job) => Some(job),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
-            } else {
-                match queue.recv() {
-                    Ok(job) => Some(job),
-                    Err(_) => return,
-                }
+            let timeout = drop_due.map_or(sync_due, |d| d.min(sync_due));
+            let first = match queue.recv_timeout(timeout) {
+                Ok(job) => Some(job),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
             };
             if let Some(first) = first {
                 group.push(first);
@@ -228,25 +294,30 @@ impl Writer<'_> {
                     }
                 }
             }
+            let taken = group.len();
+            let mut state = self.shared.state();
             hold_purges(db, &mut group, &mut held);
             if !group.is_empty() {
-                self.write_group(&mut group, &mut reclaim);
+                self.write_group(&mut state, &mut group, &mut reclaim);
             }
-            if self
+            // Handled (a held purge is written later on purpose, so it blocks nothing).
+            self.shared.queued.fetch_sub(taken, Ordering::SeqCst);
+            if state
                 .unsynced_since
                 .is_some_and(|since| since.elapsed() >= SYNC_WINDOW)
             {
                 // Between groups, so no callback waits on it.
-                let _ = self.sync_wal();
+                let _ = self.sync_wal(&mut state);
             }
+            drop(state);
             reclaim.step(db, Instant::now());
         }
     }
 
     /// Writes a group with one fsync at the end if any job asked for one, and reports to each
     /// job: a leading run of lone appends before the fsync, the rest after it.
-    fn write_group(&mut self, group: &mut Vec<Job>, reclaim: &mut Reclaim) {
-        if let Some(e) = &self.failed {
+    fn write_group(&self, state: &mut WriteState, group: &mut Vec<Job>, reclaim: &mut Reclaim) {
+        if let Some(e) = &state.failed {
             let dones = group.drain(..).map(|job| job.done).collect();
             finish(self.recent, dones, Err(e.clone()));
             return;
@@ -286,10 +357,10 @@ impl Writer<'_> {
         }
         if result.is_ok() {
             if appended.is_some() {
-                self.written = appended;
+                state.written = appended;
             }
             if !sync {
-                self.unsynced_since.get_or_insert_with(Instant::now);
+                state.unsynced_since.get_or_insert_with(Instant::now);
             }
         }
         if early > 0 {
@@ -297,11 +368,11 @@ impl Writer<'_> {
             finish(self.recent, dones, result.clone());
             dones = rest;
             if sync && result.is_ok() {
-                result = self.sync_wal();
+                result = self.sync_wal(state);
             }
         } else if sync && result.is_ok() {
             // The group's last write was synced.
-            self.synced();
+            self.synced(state);
         }
         if let (Some(index), Ok(())) = (purged, &result) {
             // Durable: the group ends with a synced write, since a purge asks for one.
@@ -312,16 +383,16 @@ impl Writer<'_> {
 
     /// Makes every write so far durable with one fsync of RocksDB's write-ahead log. A failure
     /// here comes after those writes were reported, so it fails every later write.
-    fn sync_wal(&mut self) -> Result<(), rocksdb::Error> {
+    fn sync_wal(&self, state: &mut WriteState) -> Result<(), rocksdb::Error> {
         match self.db.flush_wal(true) {
             Ok(()) => {
-                self.synced();
+                self.synced(state);
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, "syncing the raft log failed after its entries were applied; failing every later write");
-                self.unsynced_since = None;
-                self.failed = Some(e.clone());
+                state.unsynced_since = None;
+                state.failed = Some(e.clone());
                 self.sink.durability_failed();
                 Err(e)
             }
@@ -330,10 +401,10 @@ impl Writer<'_> {
 
     /// Every write so far is durable: tells the sink (before any callback of the group, so
     /// that a cluster node never holds an effect).
-    fn synced(&mut self) {
-        self.unsynced_since = None;
+    fn synced(&self, state: &mut WriteState) {
+        state.unsynced_since = None;
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        if let Some(index) = self.written {
+        if let Some(index) = state.written {
             self.sink.durable(index);
         }
     }

@@ -587,7 +587,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         // The entries are readable now (in memory); the writer thread writes them and only then
-        // tells openraft, through `callback`, that they are flushed.
+        // tells openraft, through `callback`, that they are flushed. A lone node's append that
+        // needs no fsync is written here when the writer thread is idle (`write_now`).
         //
         // Durability: every entry of this call goes into ONE write batch (atomic in RocksDB's
         // write-ahead log). On a cluster node it is fsync'ed before the callback is called: the
@@ -596,6 +597,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // a publish that a power loss then erases. A lone node's callback comes before the
         // fsync (`SyncPolicy`); only its own effect sink releases promises, and only once the
         // writer reports the fsync (`EffectSink::durable`).
+        let (batch, ids, callback) = match durability {
+            Durability::Unsynced => match self.writer.write_now(batch, ids, callback) {
+                Ok(()) => return Ok(()),
+                Err(back) => back,
+            },
+            _ => (batch, ids, callback),
+        };
         self.writer
             .submit(batch, durability, Done::Appended { ids, callback })
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
