@@ -207,8 +207,11 @@ impl LogWriter {
     /// Writes an append of a lone node that needs no fsync of its own
     /// ([`Durability::Unsynced`]) here and now, and reports it to openraft, if the thread has
     /// nothing queued and is not writing: then nothing written earlier can be overtaken.
-    /// Otherwise hands the batch and callback back, to be queued with [`LogWriter::submit`]:
-    /// it never waits for the thread, which may be in an fsync.
+    /// Otherwise hands the callback back, with the batch if it still has it, to be queued with
+    /// [`LogWriter::submit`]. It never waits: not for the thread, which may be in an fsync, and
+    /// not for RocksDB, which would stall a write while its memtables wait to be flushed (the
+    /// write is made with `no_slowdown`, and one that would stall comes back without its batch,
+    /// which the caller makes again).
     ///
     /// Durability: as for the thread's unsynced writes. The write is in RocksDB's write-ahead
     /// log (the page cache) when openraft hears of it; the thread's next synced write, or its
@@ -218,19 +221,44 @@ impl LogWriter {
         batch: WriteBatch,
         ids: Vec<LogId>,
         callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), (WriteBatch, Vec<LogId>, LogFlushed<TypeConfig>)> {
+    ) -> Result<(), NotWritten> {
         let mut state = match self.shared.state.try_lock() {
             Ok(state) => state,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return Err((batch, ids, callback)),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(NotWritten {
+                    batch: Some(batch),
+                    ids,
+                    callback,
+                })
+            }
         };
         if self.shared.queued.load(Ordering::SeqCst) != 0 {
-            return Err((batch, ids, callback));
+            return Err(NotWritten {
+                batch: Some(batch),
+                ids,
+                callback,
+            });
         }
         let result = match &state.failed {
             Some(e) => Err(e.clone()),
-            None => self.db.write_opt(batch, &WriteOptions::default()),
+            None => {
+                let mut opts = WriteOptions::default();
+                opts.set_no_slowdown(true);
+                self.db.write_opt(batch, &opts)
+            }
         };
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind() == rocksdb::ErrorKind::Incomplete)
+        {
+            // It would have waited for a flush: nothing was written.
+            return Err(NotWritten {
+                batch: None,
+                ids,
+                callback,
+            });
+        }
         if result.is_ok() {
             if let Some(last) = ids.last() {
                 state.written = Some(last.index);
@@ -253,6 +281,14 @@ impl LogWriter {
         self.submit(batch, durability, Done::Reply(tx))?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
+}
+
+/// An append that [`LogWriter::write_now`] did not write, handed back to be queued; without
+/// its batch when RocksDB took it and refused to write it at once.
+pub(crate) struct NotWritten {
+    pub batch: Option<WriteBatch>,
+    pub ids: Vec<LogId>,
+    pub callback: LogFlushed<TypeConfig>,
 }
 
 struct Writer<'a> {

@@ -10,7 +10,7 @@
 //! `RaftLogReader`); the state machine lives in `state_machine.rs`. Nothing here knows about
 //! membership or the network, so the same store serves a one-member group and a cluster.
 
-use crate::log_writer::{Done, LogWriter};
+use crate::log_writer::{Done, LogWriter, NotWritten};
 use crate::recent_log::{RecentLimits, RecentLog};
 use crate::types::{LogEntry, LogId, NodeInfo, StorageError, TypeConfig, Vote};
 use bytes::Bytes;
@@ -389,6 +389,38 @@ impl LogStore {
         self.writer.syncs()
     }
 
+    /// The write batch of an append again, from the in-memory tail (which keeps every entry
+    /// until it is durable), for an append whose first batch RocksDB refused to write at once.
+    fn rebuild_batch(&mut self, ids: &[LogId]) -> Result<WriteBatch, StorageError> {
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
+            return Ok(WriteBatch::default());
+        };
+        let entries = self
+            .recent()
+            .read(first.index, Bound::Included(last.index));
+        if entries.len() != ids.len() {
+            return Err(io_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                StoreError::corrupt("log append", "its entries left memory before they were written"),
+            ));
+        }
+        self.encode_batch(&entries)
+    }
+
+    /// One write batch holding these entries in the log column family.
+    fn encode_batch(&mut self, entries: &[LogEntry]) -> Result<WriteBatch, StorageError> {
+        let mut batch = WriteBatch::default();
+        let logs = cf(&self.db, CF_LOGS);
+        let value = &mut self.encoded.0;
+        for entry in entries {
+            encode_log_entry_into(entry, value)
+                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+            batch.put_cf(logs, index_key(entry.log_id.index), &value[..]);
+        }
+        Ok(batch)
+    }
+
     /// Which appends are fsync'ed; every one until the node says it is lone.
     pub(crate) fn sync_policy(&self) -> Arc<SyncPolicy> {
         self.sync.clone()
@@ -566,17 +598,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = LogEntry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = WriteBatch::default();
-        let logs = cf(&self.db, CF_LOGS);
         let entries: Vec<LogEntry> = entries.into_iter().collect();
         // Encoded before the in-memory tail is locked: readers (apply, replication) need not
         // wait for the bodies to be copied.
-        let value = &mut self.encoded.0;
-        for entry in &entries {
-            encode_log_entry_into(entry, value)
-                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
-            batch.put_cf(logs, index_key(entry.log_id.index), &value[..]);
-        }
+        let batch = self.encode_batch(&entries)?;
         let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
         let durability = self.sync.durability(&entries);
 
@@ -600,7 +625,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let (batch, ids, callback) = match durability {
             Durability::Unsynced => match self.writer.write_now(batch, ids, callback) {
                 Ok(()) => return Ok(()),
-                Err(back) => back,
+                Err(NotWritten {
+                    batch: Some(batch),
+                    ids,
+                    callback,
+                }) => (batch, ids, callback),
+                Err(NotWritten {
+                    batch: None,
+                    ids,
+                    callback,
+                }) => (self.rebuild_batch(&ids)?, ids, callback),
             },
             _ => (batch, ids, callback),
         };
@@ -795,6 +829,41 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         false
+    }
+
+    /// An append whose batch RocksDB refused to write at once (`write_now` with `no_slowdown`)
+    /// is queued with a batch made again from the in-memory tail: the same bytes.
+    #[test]
+    fn a_rebuilt_batch_holds_the_same_bytes_as_the_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open_db(&tmp.path().join("db")).unwrap();
+        let mut store = LogStore::new(db, Arc::new(DiscardEffects)).unwrap();
+        let entries: Vec<LogEntry> = (5..8)
+            .map(|index| LogEntry {
+                log_id: log_id(2, index),
+                payload: EntryPayload::Normal(Arc::new(CommandBatch {
+                    now_ms: index,
+                    commands: vec![Command::NodeStarted {
+                        node: 1,
+                        epoch: index,
+                        drop_transient: false,
+                    }],
+                    origin: None,
+                })),
+            })
+            .collect();
+        let first = store.encode_batch(&entries).unwrap();
+        for entry in &entries {
+            store.recent().push(entry.clone());
+        }
+        let ids: Vec<LogId> = entries.iter().map(|e| e.log_id).collect();
+        let again = store.rebuild_batch(&ids).unwrap();
+        assert_eq!(again.len(), 3);
+        assert_eq!(again.data(), first.data());
+        assert!(
+            store.rebuild_batch(&[log_id(2, 9)]).is_err(),
+            "an entry that is not in memory cannot be written again"
+        );
     }
 
     /// A purge deletes nothing in RocksDB; reads and the log state must still start after it,
