@@ -93,7 +93,15 @@ struct WriteState {
     written: Option<u64>,
     /// When the oldest write not yet covered by an fsync was made.
     unsynced_since: Option<Instant>,
+    /// When the thread last wrote a group that asked for an fsync.
+    synced_group_at: Option<Instant>,
 }
+
+/// After a group with an fsync, `write_now` leaves appends to the thread for this long. While
+/// publishers wait for confirms, every turn of the log waits for an fsync anyway, and appends
+/// written directly between them only made the log turn more often for fewer commands (scenario
+/// c with the Go client: 5-20% fewer confirms a second, benchmarks.md, session 14).
+const DIRECT_AFTER_SYNC: Duration = SYNC_WINDOW;
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, WriteState> {
@@ -233,7 +241,10 @@ impl LogWriter {
                 })
             }
         };
-        if self.shared.queued.load(Ordering::SeqCst) != 0 {
+        let recently_synced = state
+            .synced_group_at
+            .is_some_and(|at| at.elapsed() < DIRECT_AFTER_SYNC);
+        if recently_synced || self.shared.queued.load(Ordering::SeqCst) != 0 {
             return Err(NotWritten {
                 batch: Some(batch),
                 ids,
@@ -359,6 +370,9 @@ impl Writer<'_> {
             return;
         }
         let sync = group.iter().any(|j| j.durability != Durability::Unsynced);
+        if sync {
+            state.synced_group_at = Some(Instant::now());
+        }
         // Jobs reported as soon as they are written: the leading run that does not wait for
         // the fsync. Reports stay in queue order.
         let early = group
