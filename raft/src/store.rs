@@ -356,8 +356,7 @@ pub struct LogStore {
 /// The buffer that `append` encodes entries into before RocksDB copies them into its write
 /// batch. Reused because a fresh buffer per entry, grown by doubling up to the entry's size
 /// (up to `max_bytes_per_entry`, about 8 MiB), cost a broker under a 16-byte transient load
-/// about a tenth of its CPU in copies and in faulting fresh pages (benchmarks.md, session
-/// 14). It keeps the capacity of the largest entry so far. A clone (a log reader, which never
+/// 5-8% of its CPU in copies and in faulting fresh pages (benchmarks.md, session 14). It keeps the capacity of the largest entry so far. A clone (a log reader, which never
 /// encodes) starts empty.
 #[derive(Default)]
 struct EncodeBuffer(Vec<u8>);
@@ -395,14 +394,15 @@ impl LogStore {
         let (Some(first), Some(last)) = (ids.first(), ids.last()) else {
             return Ok(WriteBatch::default());
         };
-        let entries = self
-            .recent()
-            .read(first.index, Bound::Included(last.index));
+        let entries = self.recent().read(first.index, Bound::Included(last.index));
         if entries.len() != ids.len() {
             return Err(io_err(
                 ErrorSubject::Logs,
                 ErrorVerb::Write,
-                StoreError::corrupt("log append", "its entries left memory before they were written"),
+                StoreError::corrupt(
+                    "log append",
+                    "its entries left memory before they were written",
+                ),
             ));
         }
         self.encode_batch(&entries)

@@ -598,7 +598,10 @@ impl Run {
                 (consumer, *redelivered, message.exchange == "dlx")
             {
                 let number: u64 = String::from_utf8_lossy(&message.body).parse().unwrap();
-                let prev = self.last_body.entry((*ch, consumer.to_string())).or_default();
+                let prev = self
+                    .last_body
+                    .entry((*ch, consumer.to_string()))
+                    .or_default();
                 prop_assert!(number > *prev, "{} got {} after {}", consumer, number, prev);
                 *prev = number;
             }

@@ -132,7 +132,15 @@ mod tests {
         let long = "r".repeat(255);
         let cases = [
             ("amq.ctag-1", 1, false, "", "q", &b""[..], &[0u8, 0][..]),
-            ("c", u64::MAX, true, "amq.topic", &long, &[9u8; 5000][..], &[0x10, 0, 2][..]),
+            (
+                "c",
+                u64::MAX,
+                true,
+                "amq.topic",
+                &long,
+                &[9u8; 5000][..],
+                &[0x10, 0, 2][..],
+            ),
             ("", 77, false, "x", "", &[1u8][..], &[0u8, 0][..]),
         ];
         for (tag, delivery_tag, redelivered, exchange, routing_key, body, properties) in cases {
