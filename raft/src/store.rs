@@ -626,15 +626,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Durability::Unsynced => match self.writer.write_now(batch, ids, callback) {
                 Ok(()) => return Ok(()),
                 Err(NotWritten {
-                    batch: Some(batch),
+                    batch,
                     ids,
                     callback,
-                }) => (batch, ids, callback),
-                Err(NotWritten {
-                    batch: None,
-                    ids,
-                    callback,
-                }) => (self.rebuild_batch(&ids)?, ids, callback),
+                }) => {
+                    let batch = match batch {
+                        Some(batch) => batch,
+                        None => self.rebuild_batch(&ids)?,
+                    };
+                    (batch, ids, callback)
+                }
             },
             _ => (batch, ids, callback),
         };

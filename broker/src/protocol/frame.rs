@@ -2,7 +2,7 @@
 //! Two-phase: first prove a whole frame is buffered, then split it off; the payload is a
 //! zero-copy `Bytes` of the read buffer.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 pub const FRAME_METHOD: u8 = 1;
@@ -80,12 +80,32 @@ pub fn split_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<RawFrame
 
 /// Appends a frame with the given payload to `out`.
 pub fn put_frame(out: &mut BytesMut, kind: u8, channel: u16, payload: &[u8]) {
-    out.reserve(payload.len() + FRAME_OVERHEAD);
-    out.extend_from_slice(&[kind]);
-    out.extend_from_slice(&channel.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&[FRAME_END]);
+    put_frame_with(out, kind, channel, payload.len(), |out| {
+        out.put_slice(payload)
+    });
+}
+
+/// Appends a frame whose `size`-byte payload `write` puts straight into `out`, so that a
+/// caller that assembles a payload from parts needs no buffer of its own for it.
+pub fn put_frame_with(
+    out: &mut BytesMut,
+    kind: u8,
+    channel: u16,
+    size: usize,
+    write: impl FnOnce(&mut BytesMut),
+) {
+    out.reserve(size + FRAME_OVERHEAD);
+    out.put_u8(kind);
+    out.put_u16(channel);
+    out.put_u32(size as u32);
+    let start = out.len();
+    write(out);
+    debug_assert_eq!(
+        out.len() - start,
+        size,
+        "frame payload of the size announced"
+    );
+    out.put_u8(FRAME_END);
 }
 
 #[cfg(test)]

@@ -5,11 +5,15 @@
 //! through amq-protocol's generated types.
 
 use super::frame::{
-    put_frame, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD,
+    put_frame, put_frame_with, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+    FRAME_OVERHEAD,
 };
 use super::method::put_method;
 use amq_protocol::protocol::AMQPClass;
 use bytes::{BufMut, BytesMut};
+
+/// The class id of basic, whose methods carry content.
+const CLASS_BASIC: u16 = 60;
 
 /// Appends a method carrying content, then its header and body frames.
 pub fn put_content_method(
@@ -45,27 +49,23 @@ pub fn put_deliver(
     body: &[u8],
     frame_max: u32,
 ) {
-    const CLASS_BASIC: u16 = 60;
     const METHOD_DELIVER: u16 = 60;
     let tag = short(deliver.consumer_tag);
     let exchange = short(deliver.exchange);
     let routing_key = short(deliver.routing_key);
     let size = 4 + 1 + tag.len() + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len();
-    out.reserve(size + FRAME_OVERHEAD);
-    out.put_u8(FRAME_METHOD);
-    out.put_u16(channel);
-    out.put_u32(size as u32);
-    out.put_u16(CLASS_BASIC);
-    out.put_u16(METHOD_DELIVER);
-    out.put_u8(tag.len() as u8);
-    out.put_slice(tag);
-    out.put_u64(deliver.delivery_tag);
-    out.put_u8(u8::from(deliver.redelivered));
-    out.put_u8(exchange.len() as u8);
-    out.put_slice(exchange);
-    out.put_u8(routing_key.len() as u8);
-    out.put_slice(routing_key);
-    out.put_u8(FRAME_END);
+    put_frame_with(out, FRAME_METHOD, channel, size, |out| {
+        out.put_u16(CLASS_BASIC);
+        out.put_u16(METHOD_DELIVER);
+        out.put_u8(tag.len() as u8);
+        out.put_slice(tag);
+        out.put_u64(deliver.delivery_tag);
+        out.put_u8(u8::from(deliver.redelivered));
+        out.put_u8(exchange.len() as u8);
+        out.put_slice(exchange);
+        out.put_u8(routing_key.len() as u8);
+        out.put_slice(routing_key);
+    });
     put_content(out, channel, properties, body, frame_max);
 }
 
@@ -78,15 +78,12 @@ fn short(s: &str) -> &[u8] {
 /// larger than `frame_max`.
 fn put_content(out: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: u32) {
     let header_size = 2 + 2 + 8 + properties.len();
-    out.reserve(header_size + FRAME_OVERHEAD);
-    out.put_u8(FRAME_HEADER);
-    out.put_u16(channel);
-    out.put_u32(header_size as u32);
-    out.put_u16(60);
-    out.put_u16(0);
-    out.put_u64(body.len() as u64);
-    out.put_slice(properties);
-    out.put_u8(FRAME_END);
+    put_frame_with(out, FRAME_HEADER, channel, header_size, |out| {
+        out.put_u16(CLASS_BASIC);
+        out.put_u16(0); // weight
+        out.put_u64(body.len() as u64);
+        out.put_slice(properties);
+    });
     let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
     for piece in body.chunks(chunk) {
         put_frame(out, FRAME_BODY, channel, piece);
