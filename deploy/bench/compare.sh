@@ -25,8 +25,12 @@
 # limit. It reports rates and end-to-end latency only (no confirm latency, no lost count), talks
 # to the first node of a cluster, and does not run k.
 #
+# With --client java, deploy/bench/java-client drives a-g the same way on RabbitMQ's Java client
+# (the library PerfTest is built on; Debian's librabbitmq-client-java and default-jdk-headless,
+# installed if missing). It writes every publish and every ack with a system call of its own.
+#
 # Usage: deploy/bench/compare.sh [--bin PATH] [--rounds N] [--seconds S] [--scenarios abcdefghk]
-#                                [--h-messages N] [--out FILE.jsonl] [--client raftmq|go]
+#                                [--h-messages N] [--out FILE.jsonl] [--client raftmq|go|java]
 set -euo pipefail
 
 BIN=target/release/raftmq
@@ -45,7 +49,7 @@ while [ $# -gt 0 ]; do
     --h-messages) H_MESSAGES="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
     --client) CLIENT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -53,11 +57,11 @@ BIN="$(realpath "$BIN")"
 [ -x "$BIN" ] || { echo "no raftmq binary at $BIN (cargo build --release)" >&2; exit 2; }
 case "$CLIENT" in
   raftmq) ;;
-  go) case "$SCENARIOS" in *k*)
+  go|java) case "$SCENARIOS" in *k*)
         [ "$SCENARIOS" = abcdefghk ] && SCENARIOS=abcdefgh \
-          || { echo "--client go does not run k (it does not fail over)" >&2; exit 2; } ;;
+          || { echo "--client $CLIENT does not run k (it does not fail over)" >&2; exit 2; } ;;
       esac ;;
-  *) echo "--client is raftmq or go, not $CLIENT" >&2; exit 2 ;;
+  *) echo "--client is raftmq, go or java, not $CLIENT" >&2; exit 2 ;;
 esac
 
 WORK="$(mktemp -d /var/tmp/raftmq-compare.XXXXXX)"
@@ -122,6 +126,16 @@ if [ "$CLIENT" = go ]; then
   ln -s "$(realpath "$(dirname "$0")")/go-client" "$WORK/gopath/src/go-client"
   GO111MODULE=off GOPATH="$WORK/gopath:/usr/share/gocode" GOCACHE="$WORK/gocache" \
     go build -o "$WORK/go-client" go-client
+fi
+JAVA_CP=/usr/share/java/amqp-client.jar:/usr/share/java/slf4j-api.jar
+if [ "$CLIENT" = java ]; then
+  if ! command -v javac >/dev/null 2>&1 || [ ! -f /usr/share/java/amqp-client.jar ]; then
+    echo "installing default-jdk-headless and librabbitmq-client-java from Debian's packages" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      default-jdk-headless librabbitmq-client-java >/dev/null
+  fi
+  mkdir -p "$WORK/java"
+  javac -d "$WORK/java" -cp "$JAVA_CP" "$(dirname "$0")/java-client/JavaClient.java"
 fi
 RABBIT_BIN=/usr/lib/rabbitmq/bin
 RABBIT_HOME="$WORK/rabbit-home"   # the Erlang cookie of our private nodes
@@ -195,6 +209,11 @@ bench() {  # scenario broker uris -- bench flags...
     # shellcheck disable=SC2086
     json="$("$WORK/go-client" -uri "${uris%%,*}" -seconds "$SECS" ${GO_FLAGS[$scenario]} 2>/dev/null)" \
       || { thaw_others "$broker"; return 1; }
+  elif [ "$CLIENT" = java ]; then
+    # shellcheck disable=SC2086
+    json="$(java -cp "$WORK/java:$JAVA_CP" JavaClient --uri "${uris%%,*}" --seconds "$SECS" \
+      $(echo " ${GO_FLAGS[$scenario]}" | sed 's/ -/ --/g') 2>"$WORK/java-client.err")" \
+      || { thaw_others "$broker"; grep -v '^ *[0-9]*s published' "$WORK/java-client.err" >&2; return 1; }
   else
     json="$("$BIN" bench --uri "$uris" --duration "$SECS" --json --queue-prefix "${PREFIX:-cmp-$scenario-$RANDOM}" "$@")" \
       || { thaw_others "$broker"; return 1; }
