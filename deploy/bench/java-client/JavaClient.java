@@ -137,7 +137,7 @@ public class JavaClient {
     /** One consuming connection; its samples are read once the run has stopped. */
     static final class Consumer {
         final long[] samples = new long[MAX_SAMPLES];
-        int count = 0;
+        volatile int count = 0;
         final Connection conn;
 
         Consumer(ConnectionFactory factory, int i) throws Exception {
@@ -240,13 +240,15 @@ public class JavaClient {
                 System.err.println("java-client: " + failure.get());
                 System.exit(1);
             }
+            // A consumer's thread may still be taking deliveries: read each count once.
+            int[] counts = new int[subscribed.size()];
             int total = 0;
-            for (Consumer c : subscribed) total += c.count;
+            for (int k = 0; k < counts.length; k++) total += counts[k] = subscribed.get(k).count;
             long[] all = new long[total];
             int at = 0;
-            for (Consumer c : subscribed) {
-                System.arraycopy(c.samples, 0, all, at, c.count);
-                at += c.count;
+            for (int k = 0; k < counts.length; k++) {
+                System.arraycopy(subscribed.get(k).samples, 0, all, at, counts[k]);
+                at += counts[k];
             }
             Arrays.sort(all);
             System.out.printf(java.util.Locale.ROOT,
