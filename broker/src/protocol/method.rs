@@ -89,6 +89,9 @@ fn is_known(class_id: u16, method_id: u16) -> bool {
 }
 
 pub fn decode_method(payload: &[u8]) -> Result<AMQPClass, MethodError> {
+    if let Some(method) = super::hot_methods::decode(payload) {
+        return Ok(method);
+    }
     let (class_id, method_id) = ids_of(payload);
     if !is_known(class_id, method_id) {
         return Err(MethodError::Unknown {
