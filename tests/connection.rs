@@ -154,3 +154,86 @@ fn json_log_format_writes_json_lines() {
         serde_json::from_str(first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
     assert!(value.get("level").is_some(), "{first}");
 }
+
+/// A client may stop reading until its own writes get through: RabbitMQ's Java client does,
+/// when its consumer thread waits to write an ack and its reader waits for that thread. The
+/// broker must go on reading such a client while its deliveries wait for the socket;
+/// otherwise both sides wait for each other forever (seen with the Java client's PerfTest-like
+/// load). Here one raw connection consumes from a queue with no prefetch limit and, without
+/// reading anything, publishes 20 MB into that queue: far more than the socket buffers of
+/// both sides hold. Every write must get through, and then every message must arrive.
+#[test]
+fn a_client_that_is_not_reading_is_still_read() {
+    use amq_protocol::frame::{AMQPContentHeader, AMQPFrame};
+    use amq_protocol::protocol::{basic, queue, AMQPClass};
+
+    const MESSAGES: usize = 5_000;
+    const BODY: usize = 4_000; // one body frame each at the raw client's frame_max of 4096
+    let broker = Broker::start();
+    let mut raw = crate::common::raw::Raw::open(broker.amqp_port);
+    raw.open_channel(1);
+    raw.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "not-reading".into(),
+            ..Default::default()
+        })),
+    ));
+    raw.expect_method();
+    raw.send(AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: "not-reading".into(),
+            consumer_tag: "ctag".into(),
+            ..Default::default()
+        })),
+    ));
+    raw.expect_method();
+
+    let mut one = crate::common::raw::encode(&AMQPFrame::Method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: "not-reading".into(),
+            ..Default::default()
+        })),
+    ));
+    one.extend(crate::common::raw::encode(&AMQPFrame::Header(
+        1,
+        AMQPContentHeader {
+            class_id: 60,
+            body_size: BODY as u64,
+            properties: basic::AMQPProperties::default(),
+        },
+    )));
+    one.extend(crate::common::raw::encode(&AMQPFrame::Body(
+        1,
+        vec![7u8; BODY],
+    )));
+    let hundred: Vec<u8> = one.iter().copied().cycle().take(one.len() * 100).collect();
+    raw.s
+        .set_write_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    for sent in (0..MESSAGES).step_by(100) {
+        if let Err(e) = raw.s.write_all(&hundred) {
+            panic!("the broker stopped reading after {sent} publishes: {e}");
+        }
+    }
+
+    let mut delivered = 0;
+    let mut bodies = 0;
+    while bodies < MESSAGES {
+        match raw.next_frame() {
+            Some(AMQPFrame::Method(_, AMQPClass::Basic(basic::AMQPMethod::Deliver(_)))) => {
+                delivered += 1
+            }
+            Some(AMQPFrame::Body(_, body)) => {
+                assert_eq!(body.len(), BODY);
+                bodies += 1;
+            }
+            Some(_) => {}
+            None => panic!("the connection ended after {delivered} deliveries"),
+        }
+    }
+    assert_eq!(delivered, MESSAGES);
+}

@@ -22,7 +22,7 @@ use crate::protocol::outbound::put_heartbeat;
 use crate::reply_code::{self, CONNECTION_FORCED, FRAME_ERROR};
 use crate::server::Broker;
 use amq_protocol::protocol::{connection, AMQPClass};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use channel::Slot;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +39,17 @@ const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
 /// Effects batches handled before the next socket write, so a busy mailbox cannot starve
 /// the socket reader forever.
 const MAX_EFFECT_BATCHES_PER_TURN: usize = 256;
+/// Bytes waiting for the socket at which the connection stops taking effects (deliveries,
+/// confirms) from its mailbox. It goes on reading the socket, so a client that stops reading
+/// until its own writes (acks) get through is not deadlocked against us.
+const OUTPUT_EFFECTS_PAUSE: usize = 1 << 20;
+/// Bytes waiting for the socket at which the connection stops reading it too: a client that
+/// sends requests and never reads the replies is pushed back by TCP, and its replies cannot
+/// take unbounded memory.
+const OUTPUT_READ_PAUSE: usize = 8 << 20;
+/// How long the last bytes (a connection.close, say) may take to leave once the connection
+/// has ended.
+const FINAL_WRITE_WAIT: Duration = Duration::from_secs(5);
 
 /// A connection-level error: connection.close with this code.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -350,8 +361,14 @@ impl Conn {
         if stopping {
             self.begin_close(&shutdown_error());
         }
+        // Bytes handed to the socket as it takes them. Writing is one branch of the select, not
+        // a step after it: while the client is not reading, the connection still reads (acks
+        // that the client's own reader waits behind, RabbitMQ's Java client for one).
+        let mut pending = BytesMut::new();
         loop {
             let paused_until = self.read_paused_until;
+            let take_effects = pending.len() < OUTPUT_EFFECTS_PAUSE;
+            let take_input = paused_until.is_none() && pending.len() < OUTPUT_READ_PAUSE;
             let step: Result<(), Stop> = tokio::select! {
                 changed = stop.changed(), if !stopping => {
                     stopping = true;
@@ -360,7 +377,16 @@ impl Conn {
                     }
                     Ok(())
                 }
-                batch = mailbox.recv() => match batch {
+                written = wr.write(&pending), if !pending.is_empty() => match written {
+                    Ok(0) => Err(Stop::Gone("the socket takes no more bytes".into())),
+                    Ok(n) => {
+                        pending.advance(n);
+                        last_write = Instant::now();
+                        Ok(())
+                    }
+                    Err(e) => Err(Stop::Gone(e.to_string())),
+                },
+                batch = mailbox.recv(), if take_effects => match batch {
                     Some(batch) => {
                         let mut result = self.apply_effects(batch);
                         let mut n = 1;
@@ -379,7 +405,7 @@ impl Conn {
                     self.read_paused_until = None;
                     Ok(())
                 }
-                read = rd.read_buf(rbuf), if paused_until.is_none() => match read {
+                read = rd.read_buf(rbuf), if take_input => match read {
                     Ok(0) => Err(Stop::Gone("peer closed the socket".into())),
                     Ok(_) => {
                         last_read = Instant::now();
@@ -418,13 +444,24 @@ impl Conn {
                 Err(other) => Some(other),
             };
             if !self.out.is_empty() {
-                if let Err(e) = wr.write_all(&self.out).await {
-                    return Stop::Gone(e.to_string());
+                if pending.is_empty() {
+                    std::mem::swap(&mut pending, &mut self.out);
+                } else {
+                    pending.extend_from_slice(&self.out);
+                    self.out.clear();
                 }
-                self.out.clear();
-                last_write = Instant::now();
             }
             if let Some(stop) = finish {
+                if let Some(why) =
+                    match tokio::time::timeout(FINAL_WRITE_WAIT, wr.write_all(&pending)).await {
+                        Ok(Ok(())) => None,
+                        Ok(Err(e)) => Some(e.to_string()),
+                        Err(_) => Some("the client read nothing for a while".to_string()),
+                    }
+                {
+                    debug!(reason = %why, "the connection's last bytes were not written");
+                    return stop;
+                }
                 if matches!(stop, Stop::Fatal(_)) {
                     // Give the peer a moment to read the close before the socket goes.
                     let _ = wr.flush().await;
