@@ -210,6 +210,7 @@ bench() {  # scenario broker uris -- bench flags...
     json="$("$WORK/go-client" -uri "${uris%%,*}" -seconds "$SECS" ${GO_FLAGS[$scenario]} 2>/dev/null)" \
       || { thaw_others "$broker"; return 1; }
   elif [ "$CLIENT" = java ]; then
+    # The Go client's flags, spelled with two dashes (-size 16 -> --size 16).
     # shellcheck disable=SC2086
     json="$(java -cp "$WORK/java:$JAVA_CP" JavaClient --uri "${uris%%,*}" --seconds "$SECS" \
       $(echo " ${GO_FLAGS[$scenario]}" | sed 's/ -/ --/g') 2>"$WORK/java-client.err")" \

@@ -36,8 +36,8 @@ use tracing::{debug, info, warn};
 
 /// How long we wait for the client's connection.close-ok after sending connection.close.
 const CLOSE_OK_WAIT: Duration = Duration::from_secs(3);
-/// Effects batches handled before the next socket write, so a busy mailbox cannot starve
-/// the socket reader forever.
+/// Effects batches handled in one turn of the loop, so a busy mailbox cannot starve the
+/// socket's reader and writer forever.
 const MAX_EFFECT_BATCHES_PER_TURN: usize = 256;
 /// Bytes waiting for the socket at which the connection stops taking effects (deliveries,
 /// confirms) from its mailbox. It goes on reading the socket, so a client that stops reading
@@ -452,14 +452,9 @@ impl Conn {
                 }
             }
             if let Some(stop) = finish {
-                if let Some(why) =
-                    match tokio::time::timeout(FINAL_WRITE_WAIT, wr.write_all(&pending)).await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(e.to_string()),
-                        Err(_) => Some("the client read nothing for a while".to_string()),
-                    }
-                {
-                    debug!(reason = %why, "the connection's last bytes were not written");
+                let last = tokio::time::timeout(FINAL_WRITE_WAIT, wr.write_all(&pending)).await;
+                if !matches!(last, Ok(Ok(()))) {
+                    debug!(outcome = ?last, "the connection's last bytes were not written");
                     return stop;
                 }
                 if matches!(stop, Stop::Fatal(_)) {
