@@ -40,7 +40,7 @@ pub(crate) const COLUMN_FAMILIES: [&str; 3] = [CF_LOGS, CF_META, CF_SM];
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
-const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_COMMITTED: &[u8] = b"committed";
 
 /// Version byte in front of every stored log entry and meta value.
 const LOG_FORMAT_VERSION: u8 = 1;
@@ -567,19 +567,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Durability: not synced. The committed id is a hint that lets a restarted node re-apply
-        // its committed entries before it hears from a leader; the entries themselves are already
-        // synced by `append`, and losing the latest value only means the node re-learns it from
-        // the next commit. A later synced write (append, vote) makes it durable anyway, since
-        // RocksDB's write-ahead log is sequential. Nobody waits for it: it is queued behind the
-        // writes before it, and a failed write fails the appends after it.
+        // Durability: not synced, and not even written at once. The committed id is a hint that
+        // lets a restarted node re-apply its committed entries before it hears from a leader;
+        // the entries themselves are made durable by `append`, and losing the latest value only
+        // means the node re-learns it from the next commit. It goes into the next write to the
+        // store (`LogWriter::save_committed`), so it lands in RocksDB's sequential write-ahead
+        // log after the entries it names, and a later synced write makes it durable.
         let value = encode_meta(&committed)
             .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_META), KEY_COMMITTED, value);
-        self.writer
-            .submit(batch, Durability::Unsynced, Done::Nothing)
-            .map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))
+        self.writer.save_committed(value);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -924,6 +921,31 @@ mod tests {
         assert!(store.try_get_log_entries(0..).await.unwrap().is_empty());
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id, Some(log_id(1, 10)));
+    }
+
+    /// The committed id is no job of its own: it is written with the next write to the store,
+    /// and by the writer on its own at the latest when the store closes.
+    #[tokio::test]
+    async fn the_committed_id_rides_with_the_next_write_or_is_written_at_close() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open_db(&tmp.path().join("db")).unwrap();
+        let committed = |db: &DB| -> Option<Option<LogId>> {
+            read_meta(db, KEY_COMMITTED, "committed log id").unwrap()
+        };
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
+        store.save_committed(Some(log_id(1, 3))).await.unwrap();
+        store.save_vote(&Vote::new(1, 1)).await.unwrap();
+        assert_eq!(
+            committed(&db),
+            Some(Some(log_id(1, 3))),
+            "written with the vote"
+        );
+
+        store.save_committed(Some(log_id(1, 4))).await.unwrap();
+        drop(store);
+        assert_eq!(committed(&db), Some(Some(log_id(1, 4))), "written at close");
+        let mut store = LogStore::new(db, Arc::new(DiscardEffects)).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 4)));
     }
 
     #[test]
