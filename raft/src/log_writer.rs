@@ -85,7 +85,18 @@ struct Shared {
     /// The newest committed log id (encoded) not yet written: a hint that rides along with the
     /// next write ([`LogWriter::save_committed`]). Its own lock, held only to swap the value, so
     /// that openraft's core never waits for a write in progress.
-    committed: Mutex<Option<Vec<u8>>>,
+    committed: Mutex<Option<PendingCommitted>>,
+    /// Appends made to the store since it opened ([`LogWriter::append_made`]).
+    appends_made: AtomicU64,
+    /// Of those, how many are written to RocksDB (by the thread or by `write_now`).
+    appends_written: AtomicU64,
+}
+
+/// A committed id waiting to be written, and the appends that must be written first: those
+/// made before it was saved, which hold the entries it names.
+struct PendingCommitted {
+    after_appends: u64,
+    value: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -112,23 +123,36 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn committed(&self) -> MutexGuard<'_, Option<Vec<u8>>> {
+    fn committed(&self) -> MutexGuard<'_, Option<PendingCommitted>> {
         self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds the pending committed id to `batch`, and returns it so that it can be given back
-    /// if the batch is not written.
-    fn take_committed(&self, db: &DB, batch: &mut WriteBatch) -> Option<Vec<u8>> {
-        let value = self.committed().take()?;
-        batch.put_cf(cf(db, CF_META), KEY_COMMITTED, &value);
-        Some(value)
+    /// Adds the pending committed id to `batch`, which is written after every append made
+    /// before it, with `appends_in_batch` more appends before or in it. Returns what it took,
+    /// so that it can be given back if the batch is not written. An id whose entries are not
+    /// written yet (a follower commits what its leader committed, which may still wait in this
+    /// queue) stays for a later write: it must never reach the disk before them.
+    fn take_committed(
+        &self,
+        db: &DB,
+        batch: &mut WriteBatch,
+        appends_in_batch: u64,
+    ) -> Option<PendingCommitted> {
+        let written = self.appends_written.load(Ordering::SeqCst) + appends_in_batch;
+        let mut slot = self.committed();
+        if slot.as_ref()?.after_appends > written {
+            return None;
+        }
+        let pending = slot.take()?;
+        batch.put_cf(cf(db, CF_META), KEY_COMMITTED, &pending.value);
+        Some(pending)
     }
 
     /// Gives back a committed id that was taken into a batch that was not written, unless a
     /// newer one came since.
-    fn untake_committed(&self, value: Option<Vec<u8>>) {
-        if let Some(value) = value {
-            self.committed().get_or_insert(value);
+    fn untake_committed(&self, pending: Option<PendingCommitted>) {
+        if let Some(pending) = pending {
+            self.committed().get_or_insert(pending);
         }
     }
 }
@@ -276,7 +300,7 @@ impl LogWriter {
             });
         }
         let mut batch = batch;
-        let committed = self.shared.take_committed(&self.db, &mut batch);
+        let committed = self.shared.take_committed(&self.db, &mut batch, 1);
         let result = match &state.failed {
             Some(e) => Err(e.clone()),
             None => {
@@ -300,6 +324,7 @@ impl LogWriter {
             });
         }
         if result.is_ok() {
+            self.shared.appends_written.fetch_add(1, Ordering::SeqCst);
             if let Some(last) = ids.last() {
                 state.written = Some(last.index);
             }
@@ -319,7 +344,17 @@ impl LogWriter {
     /// was queued the next append could not be written directly: a log turning for a command
     /// or two at a time spent much of the broker's CPU on those hand-offs (session 16).
     pub(crate) fn save_committed(&self, value: Vec<u8>) {
-        *self.shared.committed() = Some(value);
+        let after_appends = self.shared.appends_made.load(Ordering::SeqCst);
+        *self.shared.committed() = Some(PendingCommitted {
+            after_appends,
+            value,
+        });
+    }
+
+    /// Counts an append of the store, before it is handed to `write_now` or `submit` (once,
+    /// whichever writes it).
+    pub(crate) fn append_made(&self) {
+        self.shared.appends_made.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Queues a write and waits for it (and for its fsync, if `sync`).
@@ -435,7 +470,12 @@ impl Writer<'_> {
         let last = group.len() - 1;
         // The committed id rides with the group's last write (whatever that write's fate, the
         // writer fails every later one if it fails).
-        self.shared.take_committed(self.db, &mut group[last].batch);
+        let appends = group
+            .iter()
+            .filter(|j| matches!(j.done, Done::Appended { .. }))
+            .count() as u64;
+        self.shared
+            .take_committed(self.db, &mut group[last].batch, appends);
         let mut result = Ok(());
         let mut dones = Vec::with_capacity(group.len());
         let mut purged = None;
@@ -454,6 +494,9 @@ impl Writer<'_> {
             }
             dones.push(job.done);
         }
+        self.shared
+            .appends_written
+            .fetch_add(appends, Ordering::SeqCst);
         if result.is_ok() {
             if appended.is_some() {
                 state.written = appended;
@@ -487,12 +530,12 @@ impl Writer<'_> {
             return;
         }
         let mut batch = WriteBatch::default();
-        let Some(value) = self.shared.take_committed(self.db, &mut batch) else {
+        let Some(pending) = self.shared.take_committed(self.db, &mut batch, 0) else {
             return;
         };
         if let Err(e) = self.db.write(batch) {
             tracing::warn!(error = %e, "writing the committed log id failed");
-            self.shared.untake_committed(Some(value));
+            self.shared.untake_committed(Some(pending));
         }
     }
 

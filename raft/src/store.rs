@@ -596,6 +596,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<LogEntry> = entries.into_iter().collect();
+        self.writer.append_made();
         // Encoded before the in-memory tail is locked: readers (apply, replication) need not
         // wait for the bodies to be copied.
         let batch = self.encode_batch(&entries)?;
@@ -924,9 +925,10 @@ mod tests {
     }
 
     /// The committed id is no job of its own: it is written with the next write to the store,
-    /// and by the writer on its own at the latest when the store closes.
+    /// or by the writer on its own at the latest when the store closes, but never before the
+    /// appends made before it was saved (they hold the entries it names).
     #[tokio::test]
-    async fn the_committed_id_rides_with_the_next_write_or_is_written_at_close() {
+    async fn the_committed_id_rides_with_a_later_write_never_before_its_entries() {
         let tmp = tempfile::tempdir().unwrap();
         let db = open_db(&tmp.path().join("db")).unwrap();
         let committed = |db: &DB| -> Option<Option<LogId>> {
@@ -934,18 +936,30 @@ mod tests {
         };
         let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
         store.save_committed(Some(log_id(1, 3))).await.unwrap();
+        drop(store);
+        assert_eq!(committed(&db), Some(Some(log_id(1, 3))), "written at close");
+
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
+        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 3)));
+        store.save_committed(Some(log_id(1, 4))).await.unwrap();
         store.save_vote(&Vote::new(1, 1)).await.unwrap();
         assert_eq!(
             committed(&db),
-            Some(Some(log_id(1, 3))),
+            Some(Some(log_id(1, 4))),
             "written with the vote"
         );
 
-        store.save_committed(Some(log_id(1, 4))).await.unwrap();
+        // An append that is made but not written yet (a follower's, still queued): the id
+        // saved after it waits, through later writes and the close.
+        store.writer.append_made();
+        store.save_committed(Some(log_id(1, 5))).await.unwrap();
+        store.save_vote(&Vote::new(1, 2)).await.unwrap();
         drop(store);
-        assert_eq!(committed(&db), Some(Some(log_id(1, 4))), "written at close");
-        let mut store = LogStore::new(db, Arc::new(DiscardEffects)).unwrap();
-        assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 4)));
+        assert_eq!(
+            committed(&db),
+            Some(Some(log_id(1, 4))),
+            "not before its entries"
+        );
     }
 
     #[test]
