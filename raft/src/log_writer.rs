@@ -337,9 +337,9 @@ impl LogWriter {
 
     /// Records the committed log id (encoded), to be written with the next write to the store,
     /// or by the thread within [`SYNC_WINDOW`] if none comes. It is a hint (`save_committed`
-    /// says why losing it is harmless), and it always refers to entries that are written
-    /// already (openraft commits only what the log reported written), so writing it after later
-    /// entries keeps it behind them in the write-ahead log. Queuing it as a job of its own woke
+    /// says why losing it is harmless). It names entries of appends made before it, and it is
+    /// written only with or after the last of those appends (`Shared::take_committed`), so it
+    /// stays behind its entries in the write-ahead log. Queuing it as a job of its own woke
     /// the thread and made a second RocksDB write for every turn of the log, and while that job
     /// was queued the next append could not be written directly: a log turning for a command
     /// or two at a time spent much of the broker's CPU on those hand-offs (session 16).
