@@ -41,7 +41,7 @@ use tokio::sync::oneshot;
 
 /// Who learns that a write is done, and how.
 pub(crate) enum Done {
-    /// Nobody waits (a hint, such as the committed log id).
+    /// Nobody waits (the record of a purge).
     Nothing,
     /// An append of these entries: mark them durable in the recent log, then tell openraft.
     Appended {
