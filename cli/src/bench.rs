@@ -7,17 +7,21 @@
 //! never arrived (lost) and ids that arrived twice (duplicated). With several `--uri`, a client
 //! whose connection fails moves on to the next one, so a run across a failover doubles as a
 //! checker.
+//!
+//! Producers and consumers speak AMQP through `bench_wire`, a lean client of our own, so that
+//! the load generator costs the machine little and what it measures is the broker (with lapin
+//! it was the slower side against either broker). Queues are declared with lapin.
 
 use crate::args::{BenchArgs, BenchExchange, BenchQueueType};
+use crate::bench_wire::{self as wire, Incoming, Publisher, Reader, Writer};
 use crate::id_tally::IdTally;
 use anyhow::{bail, Context, Result};
-use futures::stream::{FuturesUnordered, StreamExt};
+use bytes::{Buf, BytesMut};
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,34 +62,41 @@ fn queue_name(prefix: &str, i: usize) -> String {
     format!("{prefix}-{i}")
 }
 
-async fn connect(
-    uris: &[String],
-    next: &mut usize,
-    shared: &Shared,
-) -> Option<(Connection, Channel)> {
+/// Opens a bench connection on the next `--uri` that answers, trying each in turn.
+async fn connect(uris: &[String], next: &mut usize, shared: &Shared) -> Option<(Reader, Writer)> {
     for _ in 0..uris.len() * 50 {
         if shared.stop.load(Ordering::Relaxed) {
             return None;
         }
         let uri = &uris[*next % uris.len()];
         *next += 1;
-        let attempt = async {
-            let conn = Connection::connect(uri, ConnectionProperties::default()).await?;
-            let ch = conn.create_channel().await?;
-            lapin::Result::Ok((conn, ch))
-        };
-        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(pair)) => return Some(pair),
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        match wire::connect(uri).await {
+            Ok(pair) => return Some(pair),
+            Err(e) => {
+                tracing::debug!(uri, error = %e, "bench connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
         }
     }
     None
 }
 
+/// Declares the queues (and the fanout exchange) on the first `--uri` that answers.
 async fn setup(args: &BenchArgs) -> Result<()> {
-    let conn = Connection::connect(&args.uri[0], ConnectionProperties::default())
-        .await
-        .with_context(|| format!("cannot connect to {}", args.uri[0]))?;
+    let mut failures = Vec::new();
+    let mut connected = None;
+    for uri in &args.uri {
+        match Connection::connect(uri, ConnectionProperties::default()).await {
+            Ok(conn) => {
+                connected = Some(conn);
+                break;
+            }
+            Err(e) => failures.push(format!("{uri}: {e}")),
+        }
+    }
+    let Some(conn) = connected else {
+        bail!("cannot connect to any --uri ({})", failures.join("; "));
+    };
     let ch = conn.create_channel().await?;
     let mut arguments = FieldTable::default();
     let durable = args.persistent || args.queue_type == BenchQueueType::Quorum;
@@ -137,10 +148,80 @@ async fn setup(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of publishes gathered before they are written, when nothing paces the producer.
+const PUBLISH_BATCH: usize = 64 * 1024;
+/// How often a producer waiting on the broker looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// The messages a producer has published and not yet seen confirmed: (publish sequence
+/// number, message id, send time in µs), in sequence order.
+#[derive(Default)]
+struct InFlight {
+    messages: VecDeque<(u64, u64, u64)>,
+}
+
+impl InFlight {
+    /// Takes the messages a confirm covers.
+    fn settle(&mut self, delivery_tag: u64, multiple: bool, mut each: impl FnMut(u64, u64)) {
+        if multiple {
+            while let Some(&(tag, id, sent)) = self.messages.front() {
+                if tag > delivery_tag {
+                    break;
+                }
+                self.messages.pop_front();
+                each(id, sent);
+            }
+        } else if let Ok(at) = self
+            .messages
+            .binary_search_by_key(&delivery_tag, |(tag, ..)| *tag)
+        {
+            let (_, id, sent) = self.messages.remove(at).expect("found");
+            each(id, sent);
+        }
+    }
+}
+
+/// The producer's next message: its id, and its publish sequence number on the channel.
+struct NextMessage {
+    producer: u16,
+    seq: u64,
+    publish_tag: u64,
+    body: Vec<u8>,
+    confirm: bool,
+}
+
+impl NextMessage {
+    /// Appends a publish of the next message to `out`.
+    fn put(
+        &mut self,
+        shared: &Shared,
+        publisher: &mut Publisher,
+        out: &mut BytesMut,
+        in_flight: &mut InFlight,
+    ) {
+        self.seq += 1;
+        self.publish_tag += 1;
+        let id = id_of(self.producer, self.seq);
+        let sent = shared.start.elapsed().as_micros() as u64;
+        self.body[..8].copy_from_slice(&sent.to_be_bytes());
+        self.body[8..16].copy_from_slice(&id.to_be_bytes());
+        publisher.put(out, &self.body);
+        shared.published.fetch_add(1, Ordering::Relaxed);
+        if self.confirm {
+            in_flight.messages.push_back((self.publish_tag, id, sent));
+        }
+    }
+}
+
 async fn producer(args: Arc<BenchArgs>, shared: Arc<Shared>, index: usize) {
-    let producer_id = index as u16;
     let mut next = index;
-    let mut seq = 0u64;
+    let mut next_message = NextMessage {
+        producer: index as u16,
+        seq: 0,
+        publish_tag: 0,
+        body: vec![0u8; args.size.max(HEADER)],
+        confirm: args.confirm > 0,
+    };
     let (exchange, routing_key) = match args.exchange {
         BenchExchange::Direct => (
             String::new(),
@@ -148,131 +229,128 @@ async fn producer(args: Arc<BenchArgs>, shared: Arc<Shared>, index: usize) {
         ),
         BenchExchange::Fanout => (args.queue_prefix.clone(), String::new()),
     };
-    let mut props = BasicProperties::default();
-    if args.persistent {
-        props = props.with_delivery_mode(2);
-    }
     let pace = args
         .rate
         .filter(|r| *r > 0)
         .map(|r| Duration::from_secs_f64(1.0 / r as f64));
     let mut ticker = pace.map(tokio::time::interval);
     'session: while !shared.stop.load(Ordering::Relaxed) {
-        let Some((conn, ch)) = connect(&args.uri, &mut next, &shared).await else {
+        let Some((mut rd, mut wr)) = connect(&args.uri, &mut next, &shared).await else {
             return;
         };
-        if args.confirm > 0
-            && ch
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .is_err()
-        {
+        if args.confirm > 0 && wire::confirm_select(&mut rd, &mut wr).await.is_err() {
             shared.reconnects.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let mut in_flight = FuturesUnordered::new();
-        let mut body = vec![0u8; args.size.max(HEADER)];
+        let mut publisher = Publisher::new(&exchange, &routing_key, args.persistent, wr.frame_max);
+        let mut in_flight = InFlight::default();
+        next_message.publish_tag = 0;
+        let mut out = BytesMut::with_capacity(PUBLISH_BATCH * 2);
+        let mut confirms = Vec::new();
         loop {
             if shared.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let done = args.messages.is_some_and(|n| seq >= n);
-            if done && in_flight.is_empty() {
+            let done = args.messages.is_some_and(|n| next_message.seq >= n);
+            if done && in_flight.messages.is_empty() && out.is_empty() {
                 break;
             }
-            if !done && (args.confirm == 0 || in_flight.len() < args.confirm) {
-                if let Some(t) = ticker.as_mut() {
-                    t.tick().await;
-                }
-                seq += 1;
-                let id = id_of(producer_id, seq);
-                let sent = shared.start.elapsed().as_micros() as u64;
-                body[..8].copy_from_slice(&sent.to_be_bytes());
-                body[8..16].copy_from_slice(&id.to_be_bytes());
-                let publish = ch
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        routing_key.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        props.clone(),
-                    )
-                    .await;
-                match publish {
-                    Ok(confirm) => {
-                        shared.published.fetch_add(1, Ordering::Relaxed);
-                        if args.confirm > 0 {
-                            in_flight.push(async move { (id, sent, confirm.await) });
-                        }
-                    }
-                    Err(_) => {
-                        shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                        continue 'session;
-                    }
-                }
-                if args.confirm == 0 {
-                    continue;
-                }
-                // Take whatever confirms are already in, without waiting.
-                while let Some(Some(done)) = futures::FutureExt::now_or_never(in_flight.next()) {
-                    if !record_confirm(&shared, done) {
-                        continue 'session;
-                    }
-                }
-            } else if let Some(done) = in_flight.next().await {
-                if !record_confirm(&shared, done) {
-                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
-                    continue 'session;
+            let window_open = |f: &InFlight| args.confirm == 0 || f.messages.len() < args.confirm;
+            if ticker.is_none() {
+                while !args.messages.is_some_and(|n| next_message.seq >= n)
+                    && out.len() < PUBLISH_BATCH
+                    && window_open(&in_flight)
+                {
+                    next_message.put(&shared, &mut publisher, &mut out, &mut in_flight);
                 }
             }
+            let may_tick = ticker.is_some() && !done && window_open(&in_flight);
+            let step = tokio::select! {
+                read = rd.read_some(|incoming| {
+                    if let Incoming::Confirm { ack, delivery_tag, multiple } = incoming {
+                        in_flight.settle(delivery_tag, multiple, |id, sent| {
+                            confirms.push((id, sent, ack))
+                        });
+                    }
+                }) => read,
+                written = wr.write_some(&out), if !out.is_empty() => written.map(|n| {
+                    out.advance(n);
+                }),
+                _ = async { ticker.as_mut().expect("paced").tick().await }, if may_tick => {
+                    next_message.put(&shared, &mut publisher, &mut out, &mut in_flight);
+                    Ok(())
+                }
+                // A broker that stops answering must not keep the producer past the stop.
+                _ = tokio::time::sleep(STOP_CHECK) => Ok(()),
+            };
+            record_confirms(&shared, &mut confirms);
+            if step.is_err() {
+                shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                continue 'session;
+            }
         }
-        // Stopping: collect the outstanding confirms for a moment.
+        // Stopping: send what is gathered, and collect the outstanding confirms for a moment.
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(done) = in_flight.next().await {
-                record_confirm(&shared, done);
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+            while !in_flight.messages.is_empty() {
+                let read = rd
+                    .read_some(|incoming| {
+                        if let Incoming::Confirm {
+                            ack,
+                            delivery_tag,
+                            multiple,
+                        } = incoming
+                        {
+                            in_flight.settle(delivery_tag, multiple, |id, sent| {
+                                confirms.push((id, sent, ack))
+                            });
+                        }
+                    })
+                    .await;
+                record_confirms(&shared, &mut confirms);
+                if read.is_err() {
+                    return;
+                }
             }
         })
         .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bench done".into()))
-            .await;
+        wire::close(&mut rd, &mut wr).await;
         break;
     }
 }
 
-/// Records one confirm; false when the channel failed.
-fn record_confirm(
-    shared: &Shared,
-    (id, sent, result): (u64, u64, lapin::Result<Confirmation>),
-) -> bool {
-    match result {
-        Ok(Confirmation::Ack(_)) => {
-            shared.confirmed.fetch_add(1, Ordering::Relaxed);
-            let (producer, seq) = split_id(id);
-            shared
-                .confirmed_ids
-                .lock()
-                .expect("ids")
-                .record(0, producer, seq);
-            let now = shared.start.elapsed().as_micros() as u64;
-            shared
-                .confirm_latencies_us
-                .lock()
-                .expect("lat")
-                .push(now.saturating_sub(sent));
-            let previous = shared.last_confirm_us.swap(now, Ordering::Relaxed);
-            if previous > 0 && !shared.stop.load(Ordering::Relaxed) {
-                shared
-                    .max_confirm_gap_us
-                    .fetch_max(now.saturating_sub(previous), Ordering::Relaxed);
+/// Records the confirms a read brought: (message id, send time µs, ack).
+fn record_confirms(shared: &Shared, confirms: &mut Vec<(u64, u64, bool)>) {
+    if confirms.is_empty() {
+        return;
+    }
+    let now = shared.start.elapsed().as_micros() as u64;
+    let mut acked = 0;
+    {
+        let mut ids = shared.confirmed_ids.lock().expect("ids");
+        let mut latencies = shared.confirm_latencies_us.lock().expect("lat");
+        for &(id, sent, ack) in confirms.iter() {
+            if ack {
+                acked += 1;
+                let (producer, seq) = split_id(id);
+                ids.record(0, producer, seq);
+                latencies.push(now.saturating_sub(sent));
             }
-            true
         }
-        Ok(Confirmation::Nack(_)) => {
-            shared.nacked.fetch_add(1, Ordering::Relaxed);
-            true
+    }
+    let nacked = confirms.len() as u64 - acked;
+    confirms.clear();
+    shared.confirmed.fetch_add(acked, Ordering::Relaxed);
+    shared.nacked.fetch_add(nacked, Ordering::Relaxed);
+    if acked > 0 {
+        let previous = shared.last_confirm_us.swap(now, Ordering::Relaxed);
+        if previous > 0 && !shared.stop.load(Ordering::Relaxed) {
+            shared
+                .max_confirm_gap_us
+                .fetch_max(now.saturating_sub(previous), Ordering::Relaxed);
         }
-        Ok(Confirmation::NotRequested) => true,
-        Err(_) => false,
     }
 }
 
@@ -284,94 +362,116 @@ async fn consumer(
 ) {
     let queue_index = index % args.queues;
     let queue = queue_name(&args.queue_prefix, queue_index);
+    let consumer_tag = format!("bench-{index}");
     let mut next = index;
     let quiet = Duration::from_secs(2);
+    // What one read brought: latencies in µs, and (producer, sequence) ids.
+    let mut latencies = Vec::new();
+    let mut ids = Vec::new();
     while !drained.load(Ordering::Relaxed) {
-        let Some((conn, ch)) = connect(&args.uri, &mut next, &shared).await else {
+        let Some((mut rd, mut wr)) = connect(&args.uri, &mut next, &shared).await else {
             return;
         };
-        if ch
-            .basic_qos(args.prefetch, BasicQosOptions::default())
-            .await
-            .is_err()
-        {
+        let subscribed = async {
+            wire::qos(&mut rd, &mut wr, args.prefetch).await?;
+            wire::consume(&mut rd, &mut wr, &queue, &consumer_tag).await
+        };
+        if subscribed.await.is_err() {
+            shared.reconnects.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let Ok(mut deliveries) = ch
-            .basic_consume(
-                queue.as_str().into(),
-                format!("bench-{index}").as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-        else {
-            continue;
-        };
         let mut unacked = 0u32;
         let mut last_tag = 0;
+        let mut acks = BytesMut::new();
+        let mut last_delivery = Instant::now();
         loop {
-            let wait = if shared.stop.load(Ordering::Relaxed) {
-                quiet
-            } else {
-                Duration::from_secs(3600)
-            };
-            match tokio::time::timeout(wait, deliveries.next()).await {
-                Ok(Some(Ok(d))) => {
+            let mut consumed = 0u64;
+            let read = rd.read_some(|incoming| {
+                let Incoming::Deliver { delivery_tag, body } = incoming else {
+                    return;
+                };
+                if body.len() >= HEADER {
                     let now = shared.start.elapsed().as_micros() as u64;
-                    if d.data.len() >= HEADER {
-                        let sent = u64::from_be_bytes(d.data[..8].try_into().expect("8 bytes"));
-                        let id = u64::from_be_bytes(d.data[8..16].try_into().expect("8 bytes"));
-                        shared
-                            .latencies_us
-                            .lock()
-                            .expect("lat")
-                            .push(now.saturating_sub(sent));
-                        let (producer, seq) = split_id(id);
-                        // A body that is not one of ours (left in the queue by someone else)
-                        // would name any sequence; the tally is dense, so keep to plausible ones.
-                        let published = shared.published.load(Ordering::Relaxed);
-                        if producer < args.producers && seq <= published + (1 << 20) {
-                            shared
-                                .seen
-                                .lock()
-                                .expect("seen")
-                                .record(queue_index, producer, seq);
-                        }
+                    let sent = u64::from_be_bytes(body[..8].try_into().expect("8 bytes"));
+                    let id = u64::from_be_bytes(body[8..16].try_into().expect("8 bytes"));
+                    latencies.push(now.saturating_sub(sent));
+                    ids.push(split_id(id));
+                }
+                consumed += 1;
+                unacked += 1;
+                last_tag = delivery_tag;
+                if unacked >= args.multi_ack.max(1) {
+                    wire::put_ack(&mut acks, last_tag, true);
+                    unacked = 0;
+                }
+            });
+            match tokio::time::timeout(STOP_CHECK, read).await {
+                Ok(Ok(())) => {
+                    if consumed > 0 {
+                        last_delivery = Instant::now();
                     }
-                    shared.consumed.fetch_add(1, Ordering::Relaxed);
-                    unacked += 1;
-                    last_tag = d.delivery_tag;
-                    if unacked >= args.multi_ack.max(1) {
-                        if ch
-                            .basic_ack(last_tag, BasicAckOptions { multiple: true })
-                            .await
-                            .is_err()
-                        {
+                    record_deliveries(&shared, &args, queue_index, &mut latencies, &mut ids);
+                    shared.consumed.fetch_add(consumed, Ordering::Relaxed);
+                    if !acks.is_empty() {
+                        if wr.write_all(&acks).await.is_err() {
+                            shared.reconnects.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
-                        unacked = 0;
+                        acks.clear();
                     }
                 }
-                Ok(Some(Err(_))) | Ok(None) => {
+                Ok(Err(_)) => {
+                    record_deliveries(&shared, &args, queue_index, &mut latencies, &mut ids);
+                    shared.consumed.fetch_add(consumed, Ordering::Relaxed);
                     shared.reconnects.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
+                Err(_)
+                    if !shared.stop.load(Ordering::Relaxed) || last_delivery.elapsed() < quiet => {}
                 Err(_) => {
                     // Quiet after the stop: drained.
                     if unacked > 0 {
-                        let _ = ch
-                            .basic_ack(last_tag, BasicAckOptions { multiple: true })
-                            .await;
+                        wire::put_ack(&mut acks, last_tag, true);
+                        let _ = wr.write_all(&acks).await;
                     }
                     drained.store(true, Ordering::Relaxed);
                     break;
                 }
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bench done".into()))
-            .await;
+        wire::close(&mut rd, &mut wr).await;
     }
+}
+
+/// Records what one read delivered: latencies, and the ids seen.
+fn record_deliveries(
+    shared: &Shared,
+    args: &BenchArgs,
+    queue_index: usize,
+    latencies: &mut Vec<u64>,
+    ids: &mut Vec<(usize, u64)>,
+) {
+    if !latencies.is_empty() {
+        shared
+            .latencies_us
+            .lock()
+            .expect("lat")
+            .extend_from_slice(latencies);
+        latencies.clear();
+    }
+    if ids.is_empty() {
+        return;
+    }
+    // A body that is not one of ours (left in the queue by someone else) would name any
+    // sequence; the tally is dense, so keep to plausible ones.
+    let published = shared.published.load(Ordering::Relaxed);
+    let mut seen = shared.seen.lock().expect("seen");
+    for &(producer, seq) in ids.iter() {
+        if producer < args.producers && seq <= published + (1 << 20) {
+            seen.record(queue_index, producer, seq);
+        }
+    }
+    ids.clear();
 }
 
 /// The summary of one run.

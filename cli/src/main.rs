@@ -12,6 +12,7 @@
 
 mod args;
 mod bench;
+mod bench_wire;
 mod cluster_cmd;
 mod config;
 mod http;

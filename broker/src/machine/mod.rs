@@ -112,19 +112,23 @@ pub(crate) struct Ctx {
 
 /// A queue with consumers and at least this many ready messages slows its publishers down
 /// (`Effect::Flow`): its consumers hold all the deliveries their prefetch allows and still
-/// messages wait, so they are not keeping up, and a publisher that runs on only makes every
-/// message wait longer. Measured (benchmarks.md): 2000 left publish-to-consume p99 near 40 ms
-/// with one confirming publisher; 100 brought it to 8-16 ms at the same throughput.
-pub const FLOW_BACKLOG: usize = 100;
+/// messages pile up, so a publisher that runs on only grows the queue. This is a guard on
+/// memory and on starving consumers, not a latency tool. Each `Flow` stops the publisher's
+/// socket for `FLOW_PAUSE`, after which it reads one buffer (about 60 publishes of 1 KiB), so
+/// the pauses cap a publisher near 30k such messages a second. With a mark of 100 (sessions
+/// 5-16) that cap held back every flood as soon as a fast client's consumer was a few
+/// milliseconds behind: a load generator that costs the machine little measured 55k msg/s in
+/// scenario b with 100 and 130-165k with 10-100 thousand, with a lower p99 (benchmarks.md,
+/// session 17).
+pub const FLOW_BACKLOG: usize = 50_000;
 
 /// A queue whose consumers hold at least this many unacknowledged deliveries, and three times
 /// as many as their latest ack covered, slows its publishers down too. A consumer that falls
-/// behind does not leave messages ready until its whole prefetch is taken, and the deliveries
-/// it holds wait in its socket and client just the same: with a prefetch of 1000, one
-/// confirming publisher's end-to-end p99 was 11-16 ms with only `FLOW_BACKLOG`, 6.3-6.7 ms with
-/// this as well, at the same throughput (benchmarks.md). The multiple of the ack keeps a
-/// consumer that acknowledges in large batches from being taken for a slow one.
-pub const FLOW_UNACKED: u64 = 300;
+/// behind does not leave messages ready until its whole prefetch is taken (with no prefetch
+/// limit, never), and the deliveries it holds wait in its socket, client and our output
+/// buffer just the same. The multiple of the ack keeps a consumer that acknowledges in large
+/// batches from being taken for a slow one.
+pub const FLOW_UNACKED: u64 = 150_000;
 
 /// Whether a queue's consumers are falling behind (see `FLOW_BACKLOG`, `FLOW_UNACKED`).
 pub(crate) fn consumers_behind(q: &queue::Queue) -> bool {
