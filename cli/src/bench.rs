@@ -364,7 +364,12 @@ async fn consumer(
     let queue = queue_name(&args.queue_prefix, queue_index);
     let consumer_tag = format!("bench-{index}");
     let mut next = index;
+    // After the stop, a consumer is done once nothing came for `quiet`, or, while confirmed
+    // messages are still missing, for `patient`: a node that died holding deliveries gives
+    // them back only once the cluster declares its connections gone (`--node-down-after-ms`,
+    // 5 s by default), which can be later than a short quiet spell after the stop.
     let quiet = Duration::from_secs(2);
+    let patient = Duration::from_secs(15);
     // What one read brought: latencies in µs, and (producer, sequence) ids.
     let mut latencies = Vec::new();
     let mut ids = Vec::new();
@@ -427,7 +432,10 @@ async fn consumer(
                     break;
                 }
                 Err(_)
-                    if !shared.stop.load(Ordering::Relaxed) || last_delivery.elapsed() < quiet => {}
+                    if !shared.stop.load(Ordering::Relaxed)
+                        || last_delivery.elapsed() < quiet
+                        || (last_delivery.elapsed() < patient
+                            && !nothing_missing(&args, &shared)) => {}
                 Err(_) => {
                     // Quiet after the stop: drained.
                     if unacked > 0 {
@@ -472,6 +480,40 @@ fn record_deliveries(
         }
     }
     ids.clear();
+}
+
+/// Confirmed messages not yet consumed from every queue they were routed to (0 when the run
+/// cannot tell: no confirms, or queues without a consumer).
+fn count_lost(args: &BenchArgs, confirmed: &IdTally, seen: &IdTally) -> u64 {
+    let queues_per_message = match args.exchange {
+        BenchExchange::Direct => 1,
+        BenchExchange::Fanout => args.queues,
+    };
+    if args.consumers < args.queues || args.confirm == 0 {
+        return 0;
+    }
+    confirmed
+        .iter()
+        .map(|(_, producer, seq, _)| {
+            (0..queues_per_message)
+                .map(|q| {
+                    if queues_per_message == 1 {
+                        producer % args.queues
+                    } else {
+                        q
+                    }
+                })
+                .filter(|q| seen.count(*q, producer, seq) == 0)
+                .count() as u64
+        })
+        .sum()
+}
+
+/// Whether every confirmed message has been consumed so far.
+fn nothing_missing(args: &BenchArgs, shared: &Shared) -> bool {
+    let ids = shared.confirmed_ids.lock().expect("ids");
+    let seen = shared.seen.lock().expect("seen");
+    count_lost(args, &ids, &seen) == 0
 }
 
 /// The summary of one run.
@@ -623,28 +665,7 @@ async fn run_async(args: Arc<BenchArgs>) -> Result<Report> {
     }
     let seen = shared.seen.lock().expect("seen");
     let ids = shared.confirmed_ids.lock().expect("ids");
-    let queues_per_message = match args.exchange {
-        BenchExchange::Direct => 1,
-        BenchExchange::Fanout => args.queues,
-    };
-    let lost = if args.consumers >= args.queues && args.confirm > 0 {
-        ids.iter()
-            .map(|(_, producer, seq, _)| {
-                (0..queues_per_message)
-                    .map(|q| {
-                        if queues_per_message == 1 {
-                            producer % args.queues
-                        } else {
-                            q
-                        }
-                    })
-                    .filter(|q| seen.count(*q, producer, seq) == 0)
-                    .count() as u64
-            })
-            .sum()
-    } else {
-        0
-    };
+    let lost = count_lost(&args, &ids, &seen);
     let duplicated = seen.iter().filter(|(.., n)| *n > 1).count() as u64;
     drop(seen);
     drop(ids);

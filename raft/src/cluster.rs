@@ -12,7 +12,7 @@ use openraft::{ChangeMembers, ServerState};
 use raftmq_broker::ids::NodeId;
 use raftmq_broker::machine::command::{Command, Entry};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -315,6 +315,10 @@ fn status_of(m: &RaftMetrics, transport: &Transport) -> ClusterStatus {
     }
 }
 
+/// How long a leader waits for a node loss it proposed to show in the state before it
+/// proposes it again.
+const REDECLARE_AFTER: Duration = Duration::from_secs(2);
+
 /// On the leader: declares lost every node that has a live life in the broker state but has
 /// not answered for `down_after`, whose process was found gone (`peer_gone`), or that is no
 /// longer a member. Its connections are closed in the state, so its consumers' unacknowledged
@@ -329,7 +333,13 @@ pub(crate) async fn watch_members(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut leading_since: Option<Instant> = None;
-    let mut declared: HashSet<(NodeId, u64)> = HashSet::new();
+    // Lives this leader proposed as lost, and when. The replicated state is what counts: a
+    // proposal can fail (leadership moved on before it was committed), so a life the state
+    // still holds is proposed again after `REDECLARE_AFTER`, and a node that stops leading
+    // forgets them all. (Remembering them for good let a life whose loss was never committed
+    // keep its connections, and their unacknowledged deliveries, for as long as the cluster
+    // ran.) Applying the same loss twice changes nothing.
+    let mut declared: HashMap<(NodeId, u64), Instant> = HashMap::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -341,6 +351,7 @@ pub(crate) async fn watch_members(
         // partitioned leader otherwise).
         if Role::of(&m) != Role::Leader {
             leading_since = None;
+            declared.clear();
             continue;
         }
         let since = *leading_since.get_or_insert_with(Instant::now);
@@ -359,7 +370,10 @@ pub(crate) async fn watch_members(
         });
         let now = Instant::now();
         for (node, epoch) in lives {
-            if node == node_id || declared.contains(&(node, epoch)) {
+            let recently = declared
+                .get(&(node, epoch))
+                .is_some_and(|at| now.duration_since(*at) < REDECLARE_AFTER);
+            if node == node_id || recently {
                 continue;
             }
             let heard = transport.last_contact(node).map_or(since, |t| t.max(since));
@@ -377,7 +391,7 @@ pub(crate) async fn watch_members(
                 process_gone = gone,
                 "declaring node lost: its connections end and their deliveries are requeued"
             );
-            declared.insert((node, epoch));
+            declared.insert((node, epoch), now);
             let entry = Entry {
                 now_ms: crate::proposer::now_ms(),
                 commands: vec![Command::NodeLost { node, epoch }],
