@@ -319,6 +319,34 @@ fn status_of(m: &RaftMetrics, transport: &Transport) -> ClusterStatus {
 /// proposes it again.
 const REDECLARE_AFTER: Duration = Duration::from_secs(2);
 
+/// The node lives (node, epoch) a leader proposed as lost, and when. The replicated state is
+/// what counts: a proposal can fail (leadership moved on before it was committed), so a life
+/// the state still holds is proposed again after [`REDECLARE_AFTER`], and a node that stops
+/// leading forgets them all. Remembering them for good let a life whose loss was never
+/// committed keep its connections, and their unacknowledged deliveries, for as long as the
+/// cluster ran. Applying the same loss twice changes nothing.
+#[derive(Default)]
+struct LossProposals {
+    at: HashMap<(NodeId, u64), Instant>,
+}
+
+impl LossProposals {
+    /// Whether the life may be proposed lost now (never proposed, or long enough ago).
+    fn due(&self, life: (NodeId, u64), now: Instant) -> bool {
+        self.at
+            .get(&life)
+            .is_none_or(|at| now.duration_since(*at) >= REDECLARE_AFTER)
+    }
+
+    fn proposed(&mut self, life: (NodeId, u64), now: Instant) {
+        self.at.insert(life, now);
+    }
+
+    fn forget_all(&mut self) {
+        self.at.clear();
+    }
+}
+
 /// On the leader: declares lost every node that has a live life in the broker state but has
 /// not answered for `down_after`, whose process was found gone (`peer_gone`), or that is no
 /// longer a member. Its connections are closed in the state, so its consumers' unacknowledged
@@ -333,13 +361,7 @@ pub(crate) async fn watch_members(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut leading_since: Option<Instant> = None;
-    // Lives this leader proposed as lost, and when. The replicated state is what counts: a
-    // proposal can fail (leadership moved on before it was committed), so a life the state
-    // still holds is proposed again after `REDECLARE_AFTER`, and a node that stops leading
-    // forgets them all. (Remembering them for good let a life whose loss was never committed
-    // keep its connections, and their unacknowledged deliveries, for as long as the cluster
-    // ran.) Applying the same loss twice changes nothing.
-    let mut declared: HashMap<(NodeId, u64), Instant> = HashMap::new();
+    let mut declared = LossProposals::default();
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -351,7 +373,7 @@ pub(crate) async fn watch_members(
         // partitioned leader otherwise).
         if Role::of(&m) != Role::Leader {
             leading_since = None;
-            declared.clear();
+            declared.forget_all();
             continue;
         }
         let since = *leading_since.get_or_insert_with(Instant::now);
@@ -370,10 +392,7 @@ pub(crate) async fn watch_members(
         });
         let now = Instant::now();
         for (node, epoch) in lives {
-            let recently = declared
-                .get(&(node, epoch))
-                .is_some_and(|at| now.duration_since(*at) < REDECLARE_AFTER);
-            if node == node_id || recently {
+            if node == node_id || !declared.due((node, epoch), now) {
                 continue;
             }
             let heard = transport.last_contact(node).map_or(since, |t| t.max(since));
@@ -391,7 +410,7 @@ pub(crate) async fn watch_members(
                 process_gone = gone,
                 "declaring node lost: its connections end and their deliveries are requeued"
             );
-            declared.insert((node, epoch), now);
+            declared.proposed((node, epoch), now);
             let entry = Entry {
                 now_ms: crate::proposer::now_ms(),
                 commands: vec![Command::NodeLost { node, epoch }],
@@ -410,6 +429,22 @@ pub(crate) async fn watch_members(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loss proposed and not yet in the state is proposed again after a while (its
+    /// proposal may have failed), and a leader that stepped down starts afresh; another
+    /// life of the same node is its own.
+    #[test]
+    fn a_proposed_node_loss_is_proposed_again_until_the_state_shows_it() {
+        let t0 = Instant::now();
+        let mut proposals = LossProposals::default();
+        assert!(proposals.due((3, 7), t0));
+        proposals.proposed((3, 7), t0);
+        assert!(!proposals.due((3, 7), t0 + Duration::from_millis(200)));
+        assert!(proposals.due((3, 8), t0), "a later life of the node");
+        assert!(proposals.due((3, 7), t0 + REDECLARE_AFTER));
+        proposals.forget_all();
+        assert!(proposals.due((3, 7), t0 + Duration::from_millis(200)));
+    }
 
     #[test]
     fn peers_parse_with_and_without_zone() {
