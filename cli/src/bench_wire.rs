@@ -4,7 +4,7 @@
 //! method and content header are encoded once per producer and only the body changes, many
 //! messages go out in one write, and every frame that comes in from one read is handled before
 //! the next read. A load generator must cost the machine less than the broker it measures, or
-//! it measures itself (RabbitMQ's PerfTest and `lavinmqperf` are written the same way).
+//! it measures itself.
 //!
 //! Frames are split and built with the broker's own `protocol` module; method bodies other
 //! than the hot ones (deliver, ack, nack) go through amq-protocol.
