@@ -150,8 +150,15 @@ async fn setup(args: &BenchArgs) -> Result<()> {
 
 /// Bytes of publishes gathered before they are written, when nothing paces the producer.
 const PUBLISH_BATCH: usize = 64 * 1024;
-/// How often a producer waiting on the broker looks at the stop flag.
+/// How often a producer or consumer waiting on the broker looks at the stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// A timer that fires every `STOP_CHECK`, one per connection rather than one per wait.
+fn stop_checker() -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + STOP_CHECK, STOP_CHECK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
 
 /// The messages a producer has published and not yet seen confirmed: (publish sequence
 /// number, message id, send time in µs), in sequence order.
@@ -161,6 +168,21 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// Settles a confirm from the broker: (message id, send time µs, ack) for each message
+    /// it covers goes to `confirms`. Deliveries are not expected on a producer's channel.
+    fn take(&mut self, incoming: Incoming, confirms: &mut Vec<(u64, u64, bool)>) {
+        if let Incoming::Confirm {
+            ack,
+            delivery_tag,
+            multiple,
+        } = incoming
+        {
+            self.settle(delivery_tag, multiple, |id, sent| {
+                confirms.push((id, sent, ack))
+            });
+        }
+    }
+
     /// Takes the messages a confirm covers.
     fn settle(&mut self, delivery_tag: u64, multiple: bool, mut each: impl FnMut(u64, u64)) {
         if multiple {
@@ -195,7 +217,7 @@ impl NextMessage {
     fn put(
         &mut self,
         shared: &Shared,
-        publisher: &mut Publisher,
+        publisher: &Publisher,
         out: &mut BytesMut,
         in_flight: &mut InFlight,
     ) {
@@ -242,11 +264,12 @@ async fn producer(args: Arc<BenchArgs>, shared: Arc<Shared>, index: usize) {
             shared.reconnects.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let mut publisher = Publisher::new(&exchange, &routing_key, args.persistent, wr.frame_max);
+        let publisher = Publisher::new(&exchange, &routing_key, args.persistent, wr.frame_max);
         let mut in_flight = InFlight::default();
         next_message.publish_tag = 0;
         let mut out = BytesMut::with_capacity(PUBLISH_BATCH * 2);
         let mut confirms = Vec::new();
+        let mut stop_check = stop_checker();
         loop {
             if shared.stop.load(Ordering::Relaxed) {
                 break;
@@ -261,27 +284,21 @@ async fn producer(args: Arc<BenchArgs>, shared: Arc<Shared>, index: usize) {
                     && out.len() < PUBLISH_BATCH
                     && window_open(&in_flight)
                 {
-                    next_message.put(&shared, &mut publisher, &mut out, &mut in_flight);
+                    next_message.put(&shared, &publisher, &mut out, &mut in_flight);
                 }
             }
             let may_tick = ticker.is_some() && !done && window_open(&in_flight);
             let step = tokio::select! {
-                read = rd.read_some(|incoming| {
-                    if let Incoming::Confirm { ack, delivery_tag, multiple } = incoming {
-                        in_flight.settle(delivery_tag, multiple, |id, sent| {
-                            confirms.push((id, sent, ack))
-                        });
-                    }
-                }) => read,
+                read = rd.read_some(|incoming| in_flight.take(incoming, &mut confirms)) => read,
                 written = wr.write_some(&out), if !out.is_empty() => written.map(|n| {
                     out.advance(n);
                 }),
                 _ = async { ticker.as_mut().expect("paced").tick().await }, if may_tick => {
-                    next_message.put(&shared, &mut publisher, &mut out, &mut in_flight);
+                    next_message.put(&shared, &publisher, &mut out, &mut in_flight);
                     Ok(())
                 }
                 // A broker that stops answering must not keep the producer past the stop.
-                _ = tokio::time::sleep(STOP_CHECK) => Ok(()),
+                _ = stop_check.tick() => Ok(()),
             };
             record_confirms(&shared, &mut confirms);
             if step.is_err() {
@@ -296,18 +313,7 @@ async fn producer(args: Arc<BenchArgs>, shared: Arc<Shared>, index: usize) {
             }
             while !in_flight.messages.is_empty() {
                 let read = rd
-                    .read_some(|incoming| {
-                        if let Incoming::Confirm {
-                            ack,
-                            delivery_tag,
-                            multiple,
-                        } = incoming
-                        {
-                            in_flight.settle(delivery_tag, multiple, |id, sent| {
-                                confirms.push((id, sent, ack))
-                            });
-                        }
-                    })
+                    .read_some(|incoming| in_flight.take(incoming, &mut confirms))
                     .await;
                 record_confirms(&shared, &mut confirms);
                 if read.is_err() {
@@ -389,6 +395,7 @@ async fn consumer(
         let mut last_tag = 0;
         let mut acks = BytesMut::new();
         let mut last_delivery = Instant::now();
+        let mut stop_check = stop_checker();
         loop {
             let mut consumed = 0u64;
             let read = rd.read_some(|incoming| {
@@ -410,7 +417,11 @@ async fn consumer(
                     unacked = 0;
                 }
             });
-            match tokio::time::timeout(STOP_CHECK, read).await {
+            let step = tokio::select! {
+                read = read => Ok(read),
+                _ = stop_check.tick() => Err(()),
+            };
+            match step {
                 Ok(Ok(())) => {
                     if consumed > 0 {
                         last_delivery = Instant::now();
@@ -485,13 +496,13 @@ fn record_deliveries(
 /// Confirmed messages not yet consumed from every queue they were routed to (0 when the run
 /// cannot tell: no confirms, or queues without a consumer).
 fn count_lost(args: &BenchArgs, confirmed: &IdTally, seen: &IdTally) -> u64 {
+    if args.consumers < args.queues || args.confirm == 0 {
+        return 0;
+    }
     let queues_per_message = match args.exchange {
         BenchExchange::Direct => 1,
         BenchExchange::Fanout => args.queues,
     };
-    if args.consumers < args.queues || args.confirm == 0 {
-        return 0;
-    }
     confirmed
         .iter()
         .map(|(_, producer, seq, _)| {

@@ -15,9 +15,10 @@ use amq_protocol::uri::AMQPUri;
 use bytes::{Buf, Bytes, BytesMut};
 use raftmq_broker::protocol::frame::{
     put_frame, split_frame, RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
-    FRAME_OVERHEAD, PROTOCOL_HEADER,
+    PROTOCOL_HEADER,
 };
 use raftmq_broker::protocol::method::{decode_method, put_method};
+use raftmq_broker::protocol::outbound::put_content;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -259,27 +260,25 @@ impl Reader {
         .map_err(|_| WireError::Timeout)?
     }
 
-    /// Reads once from the socket (waiting for it), then hands every whole message or confirm
-    /// now buffered to `each`.
-    /// Frames already buffered (after a synchronous reply, say) are handed out first, without
-    /// waiting: a consumer whose prefetch they fill would otherwise wait for bytes that the
-    /// broker sends only after its acks.
-    pub async fn read_some(&mut self, each: impl FnMut(Incoming)) -> Result<(), WireError> {
-        if !self.has_whole_frame() {
-            self.fill().await?;
+    /// Hands every whole message or confirm already buffered to `each`; if that was none,
+    /// reads once from the socket (waiting for it) and hands out what is whole then. Frames
+    /// buffered behind a synchronous reply must go first: a consumer whose prefetch they
+    /// fill would otherwise wait for bytes that the broker sends only after its acks.
+    pub async fn read_some(&mut self, mut each: impl FnMut(Incoming)) -> Result<(), WireError> {
+        let mut handed = false;
+        self.drain(|incoming| {
+            handed = true;
+            each(incoming)
+        })?;
+        if handed {
+            return Ok(());
         }
+        self.fill().await?;
         self.drain(each)
     }
 
-    fn has_whole_frame(&self) -> bool {
-        self.buf.len() >= 7 && {
-            let size = u32::from_be_bytes([self.buf[3], self.buf[4], self.buf[5], self.buf[6]]);
-            self.buf.len() >= 8 + size as usize
-        }
-    }
-
     /// Hands every whole message or confirm already buffered to `each`.
-    pub fn drain(&mut self, mut each: impl FnMut(Incoming)) -> Result<(), WireError> {
+    fn drain(&mut self, mut each: impl FnMut(Incoming)) -> Result<(), WireError> {
         while let Some(frame) = self.split()? {
             match frame.kind {
                 FRAME_METHOD => {
@@ -488,20 +487,20 @@ pub fn put_ack(out: &mut BytesMut, delivery_tag: u64, multiple: bool) {
     put_frame(out, FRAME_METHOD, CHANNEL, &payload);
 }
 
-/// A producer's basic.publish and content header, encoded once; [`Publisher::put`] adds a
-/// body.
+/// A producer's basic.publish method frame and properties, encoded once; [`Publisher::put`]
+/// adds the content header and body frames for each message.
 pub struct Publisher {
-    prefix: BytesMut,
-    /// Where the content header's body size sits in `prefix`.
-    size_at: usize,
+    method: BytesMut,
+    /// The properties blob: only delivery-mode (flag bit 12) when persistent, else none.
+    properties: &'static [u8],
     frame_max: u32,
 }
 
 impl Publisher {
     pub fn new(exchange: &str, routing_key: &str, persistent: bool, frame_max: u32) -> Publisher {
-        let mut prefix = BytesMut::new();
+        let mut method = BytesMut::new();
         put_method(
-            &mut prefix,
+            &mut method,
             CHANNEL,
             AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
                 exchange: exchange.into(),
@@ -510,37 +509,21 @@ impl Publisher {
                 immediate: false,
             })),
         );
-        // Content header: class, weight, body size, then the property flags and fields.
-        let mut header = Vec::with_capacity(16);
-        header.extend_from_slice(&60u16.to_be_bytes());
-        header.extend_from_slice(&0u16.to_be_bytes());
-        let size_at = prefix.len() + 7 + header.len();
-        header.extend_from_slice(&0u64.to_be_bytes());
-        if persistent {
-            // Only delivery-mode (flag bit 12) present: 2, persistent.
-            header.extend_from_slice(&(1u16 << 12).to_be_bytes());
-            header.push(2);
+        let properties: &'static [u8] = if persistent {
+            &[0x10, 0x00, 2]
         } else {
-            header.extend_from_slice(&0u16.to_be_bytes());
-        }
-        put_frame(&mut prefix, FRAME_HEADER, CHANNEL, &header);
+            &[0, 0]
+        };
         Publisher {
-            prefix,
-            size_at,
+            method,
+            properties,
             frame_max,
         }
     }
 
     /// Appends one publish of `body`.
-    pub fn put(&mut self, out: &mut BytesMut, body: &[u8]) {
-        self.prefix[self.size_at..self.size_at + 8]
-            .copy_from_slice(&(body.len() as u64).to_be_bytes());
-        out.extend_from_slice(&self.prefix);
-        let chunk = (self.frame_max as usize)
-            .saturating_sub(FRAME_OVERHEAD)
-            .max(1);
-        for piece in body.chunks(chunk) {
-            put_frame(out, FRAME_BODY, CHANNEL, piece);
-        }
+    pub fn put(&self, out: &mut BytesMut, body: &[u8]) {
+        out.extend_from_slice(&self.method);
+        put_content(out, CHANNEL, self.properties, body, self.frame_max);
     }
 }

@@ -76,7 +76,13 @@ fn short(s: &str) -> &[u8] {
 
 /// Appends the content header (class basic, weight 0, the properties blob) and body frames no
 /// larger than `frame_max`.
-fn put_content(out: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: u32) {
+pub fn put_content(
+    out: &mut BytesMut,
+    channel: u16,
+    properties: &[u8],
+    body: &[u8],
+    frame_max: u32,
+) {
     let header_size = 2 + 2 + 8 + properties.len();
     put_frame_with(out, FRAME_HEADER, channel, header_size, |out| {
         out.put_u16(CLASS_BASIC);
