@@ -73,6 +73,10 @@ async fn three_nodes_form_a_cluster_and_every_node_serves() {
     let other = (leader + 2) % 3;
     assert_eq!(cluster.role(follower).as_deref(), Some("follower"));
     let leader_id = cluster.nodes[leader].id;
+    // A new group is formed by its lowest-numbered member alone (the others wait for it), so
+    // the first election has one candidate: node 1 leads term 1.
+    assert_eq!(leader_id, 1, "{}", cluster.logs());
+    assert_eq!(cluster.health(leader).unwrap()["term"], 1);
     assert_eq!(cluster.health(other).unwrap()["leader"], leader_id);
 
     declare_durable(&cluster, follower, "everywhere").await;

@@ -13,7 +13,11 @@
 #   d  quorum queue, 1 KiB, 100 confirms in flight
 #   e  fanout to 3 queues, 3 consumers, 1 KiB transient
 #   f  4 producers, 4 consumers, 4 queues, 1 KiB transient
-#   g  a 3-node cluster of each, quorum queue, 1 KiB, 100 confirms in flight
+#   g  a 3-node cluster of each, quorum queue, 1 KiB, 100 confirms in flight, the client on the
+#      node that leads the queue: RabbitMQ puts a quorum queue's leader on the declaring
+#      client's node (the first URI); for RaftMQ the raft leader's URI goes first. Each run
+#      starts 2 s after the other broker is frozen, for both, so that elections a thawed
+#      cluster may hold are over before it is measured.
 #   h  1 million 1 KiB persistent messages queued: broker memory (RSS), and the time from a
 #      restart to serving them again (AMQP port open, the queue's count back)
 #   k  g with the queue's leader node SIGKILLed 5 s into the run (fresh clusters each round):
@@ -201,10 +205,12 @@ others() {  # broker: process-group leaders of the other broker's running nodes
 freeze_others() { local p; for p in $(others "$1"); do kill -STOP -- "-$p" 2>/dev/null || true; done; }
 thaw_others() { local p; for p in $(others "$1"); do kill -CONT -- "-$p" 2>/dev/null || true; done; }
 
-bench() {  # scenario broker uris -- bench flags...
+bench() {  # scenario broker uris -- bench flags... (uris @leader: RaftMQ's nodes, leader first)
   local scenario=$1 broker=$2 uris=$3; shift 4
   local json
   freeze_others "$broker"
+  if [ "$scenario" = g ]; then sleep 2; fi
+  if [ "$uris" = @leader ]; then uris=$(raftmq_leader_first); fi
   if [ "$CLIENT" = go ]; then
     # shellcheck disable=SC2086
     json="$("$WORK/go-client" -uri "${uris%%,*}" -seconds "$SECS" ${GO_FLAGS[$scenario]} 2>/dev/null)" \
@@ -297,7 +303,6 @@ stop_clusters() {
   for i in 1 2 3; do stop_one "rabbit$i"; stop_one "raftmq$i"; done
 }
 RMQ_URIS="amqp://guest:guest@127.0.0.1:25731/%2f,amqp://guest:guest@127.0.0.1:25732/%2f,amqp://guest:guest@127.0.0.1:25733/%2f"
-RAFT_URIS="amqp://guest:guest@127.0.0.1:25741/%2f,amqp://guest:guest@127.0.0.1:25742/%2f,amqp://guest:guest@127.0.0.1:25743/%2f"
 
 case "$SCENARIOS" in *g*)
   echo "== 3-node clusters on loopback: quorum queue, 1 KiB, 100 confirms; $ROUNDS rounds" >&2
@@ -306,7 +311,7 @@ case "$SCENARIOS" in *g*)
     # shellcheck disable=SC2086
     bench g rabbitmq "$RMQ_URIS" -- ${FLAGS[g]}
     # shellcheck disable=SC2086
-    bench g raftmq "$RAFT_URIS" -- ${FLAGS[g]}
+    bench g raftmq @leader -- ${FLAGS[g]}
   done
   rabbit_rss=0; raft_rss=0
   for i in 1 2 3; do
@@ -328,6 +333,13 @@ raftmq_leader() {
   for i in 1 2 3; do
     if curl -s "127.0.0.1:2674$i/health" | grep -q '"role":"leader"'; then echo "$i"; return; fi
   done
+}
+raftmq_leader_first() {  # the cluster's AMQP URIs, the raft leader's first
+  local l i uris
+  l=$(raftmq_leader)
+  uris="amqp://guest:guest@127.0.0.1:2574${l:-1}/%2f"
+  for i in 1 2 3; do [ "$i" = "${l:-1}" ] || uris="$uris,amqp://guest:guest@127.0.0.1:2574$i/%2f"; done
+  echo "$uris"
 }
 kill_leader_later() {  # broker queue pid-prefix: SIGKILL the queue's leader node 5 s from now
   local broker=$1 queue=$2 n=""
@@ -357,8 +369,7 @@ case "$SCENARIOS" in *k*)
       if [ "$broker" = rabbitmq ]; then
         uris=$RMQ_URIS; prefix=rabbit
       else
-        prefix=raftmq; l=$(raftmq_leader); uris="amqp://guest:guest@127.0.0.1:2574$l/%2f"
-        for i in 1 2 3; do [ "$i" = "$l" ] || uris="$uris,amqp://guest:guest@127.0.0.1:2574$i/%2f"; done
+        prefix=raftmq; uris=$(raftmq_leader_first)
       fi
       q="cmp-k-$RANDOM"
       kill_leader_later "$broker" "$q-0" "$prefix" &

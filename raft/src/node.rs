@@ -205,6 +205,12 @@ impl From<RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>> for ProposeErro
 /// A leader that no majority acknowledged for this long reports itself a follower.
 pub const QUORUM_LOST_AFTER_MS: u64 = 1000;
 
+/// How long a member of a new cluster waits for its lowest-numbered member to form the group
+/// before forming it itself. One member campaigning first makes the first election a single
+/// round with a known winner: when all of them campaigned at once, their votes split and the
+/// group went through several terms, and its leader was whichever node won the race.
+const FORMATION_GRACE: Duration = Duration::from_secs(3);
+
 /// This node's part in the group, for `/health` and `cluster status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -482,7 +488,8 @@ impl LogNode {
         }
     }
 
-    /// Forms the group on a fresh log (unless joining); on an existing one-member log,
+    /// Forms the group on a fresh log (unless joining): the lowest-numbered member at once, the
+    /// others only if it has not done so within `FORMATION_GRACE`. On an existing one-member log,
     /// campaigns at once instead of waiting an election timeout. Then waits until a leader is
     /// known and this node has applied everything in its log. A cluster member waits as long
     /// as it takes for a majority to come up; a standalone node fails after `open_timeout`.
@@ -502,16 +509,11 @@ impl LogNode {
                 } else {
                     self.config.peers.clone()
                 };
-                tracing::info!(members = members.len(), "fresh log: forming the raft group");
-                // Every member of a new cluster does this with the same member list; that is
-                // safe (the first membership entry is identical everywhere) and lets whichever
-                // nodes come up first form the majority.
-                match self.raft.initialize(members).await {
-                    Ok(()) => {}
-                    Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                        tracing::info!(reason = %e, "raft group already formed");
-                    }
-                    Err(e) => return Err(LogOpenError::Initialize(e.to_string())),
+                let first = members.keys().next().copied();
+                if first != Some(id) && self.formed_by_peer(FORMATION_GRACE).await? {
+                    tracing::info!("fresh log: a peer formed the raft group");
+                } else {
+                    self.form_group(members).await?;
                 }
             }
         } else {
@@ -587,6 +589,41 @@ impl LogNode {
                     tracing::info!(state = ?m.state, leader = ?m.current_leader, term = m.current_term, "waiting for a leader (a majority of the members must be up)");
                 }
             }
+        }
+    }
+
+    /// Forms the group with `members` and campaigns at once (openraft's `initialize`).
+    async fn form_group(&self, members: BTreeMap<NodeId, NodeInfo>) -> Result<(), LogOpenError> {
+        tracing::info!(members = members.len(), "fresh log: forming the raft group");
+        // Every member that does this uses the same member list, so that is safe (the first
+        // membership entry is identical everywhere).
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                tracing::info!(reason = %e, "raft group already formed");
+                Ok(())
+            }
+            Err(e) => Err(LogOpenError::Initialize(e.to_string())),
+        }
+    }
+
+    /// Waits up to `grace` for a peer to form the group: true once its vote request or its log
+    /// has reached this node, false if none did in time.
+    async fn formed_by_peer(&self, grace: Duration) -> Result<bool, LogOpenError> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            if self
+                .raft
+                .is_initialized()
+                .await
+                .map_err(LogOpenError::Raft)?
+            {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
