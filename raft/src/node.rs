@@ -107,10 +107,13 @@ impl LogConfig {
             // Measured with a million 1 KiB messages queued (docs/benchmarks.md, h): loading a
             // message from a snapshot costs about a fifth of replaying it from the log. The
             // minimum keeps a fast queue with a small backlog (c: 40 MB/s of log) from taking
-            // a snapshot every second or two.
+            // a snapshot every second or two. A quarter of the last snapshot bounds a restart
+            // after a crash under load; the idle rule makes one after a fill nearly free of
+            // replay (32 MiB of log replays in about 50 ms).
             snapshot_by_size: SnapshotBySize {
                 min_bytes: 256 * 1024 * 1024,
-                fraction_of_last: 0.5,
+                fraction_of_last: 0.25,
+                idle_min_bytes: 32 * 1024 * 1024,
             },
             logs_kept_after_snapshot: 1_000,
             // openraft times an AppendEntries out after one heartbeat interval; it includes the

@@ -331,6 +331,7 @@ async fn a_large_log_is_snapshotted_by_size_and_restored_with_every_body() {
     cfg.snapshot_by_size = SnapshotBySize {
         min_bytes: 256 * 1024,
         fraction_of_last: 0.5,
+        idle_min_bytes: u64::MAX,
     };
     cfg.tick_interval = Duration::from_secs(3600);
 
@@ -375,6 +376,44 @@ async fn a_large_log_is_snapshotted_by_size_and_restored_with_every_body() {
     for (i, b) in after.iter().enumerate() {
         assert_eq!(b, &body(i as u64), "message {i}");
     }
+    node.shutdown().await;
+}
+
+/// A log too small for a snapshot under load gets one once it goes quiet, covering all of it,
+/// so a restart after a fill has nothing to replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_log_is_snapshotted_once_it_is_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.snapshot_every_entries = 1_000_000;
+    cfg.snapshot_by_size = SnapshotBySize {
+        min_bytes: u64::MAX,
+        fraction_of_last: 0.5,
+        idle_min_bytes: 256 * 1024,
+    };
+    cfg.tick_interval = Duration::from_secs(3600);
+    let node = LogNode::open(cfg, Arc::new(RecordingSink::default()))
+        .await
+        .expect("open");
+    let (proposer, proposals) = proposal_channel(1024);
+    let _task = node.spawn_proposer(proposals);
+    node.start_life(1, true).await.expect("node life started");
+    proposer.submit(queue_declare(1, "quiet")).await.unwrap();
+    for i in 0..600 {
+        proposer.submit(publish(1, "quiet", body(i))).await.unwrap();
+    }
+    wait_until("600 messages queued", Duration::from_secs(20), || {
+        bodies(&node, "quiet").len() == 600
+    })
+    .await;
+    let applied = node.metrics().last_applied.map(|l| l.index);
+    let status = node.status();
+    wait_until(
+        "a snapshot of the quiet log",
+        Duration::from_secs(20),
+        || status.metrics().snapshot.map(|s| s.index) >= applied,
+    )
+    .await;
     node.shutdown().await;
 }
 
