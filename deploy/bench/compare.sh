@@ -283,6 +283,23 @@ if [ -n "$single" ]; then
   stop_one rabbit; stop_one raftmq
 fi
 
+# The node leading the queue: RabbitMQ's quorum queue leader, RaftMQ's raft leader.
+rabbit_leader() {  # queue -> 1..3
+  rabbitmqctl rabbit1 25731 list_queues -q name leader 2>/dev/null \
+    | awk -v q="$1" '$1==q {sub(/^rabbit/, "", $2); sub(/@.*/, "", $2); print $2}'
+}
+raftmq_leader() {
+  for i in 1 2 3; do
+    if curl -s "127.0.0.1:2674$i/health" | grep -q '"role":"leader"'; then echo "$i"; return; fi
+  done
+}
+raftmq_leader_first() {  # the cluster's AMQP URIs, the raft leader's first
+  local l i uris
+  l=$(raftmq_leader)
+  uris="amqp://guest:guest@127.0.0.1:2574${l:-1}/%2f"
+  for i in 1 2 3; do [ "$i" = "${l:-1}" ] || uris="$uris,amqp://guest:guest@127.0.0.1:2574$i/%2f"; done
+  echo "$uris"
+}
 start_clusters() {  # fresh 3-node clusters of both brokers
   for i in 1 2 3; do rm -rf "$WORK/rabbit$i" "$WORK/raftmq-n$i"; start_rabbit "rabbit$i" "2573$i"; done
   for i in 2 3; do
@@ -324,23 +341,6 @@ case "$SCENARIOS" in *g*)
   ;;
 esac
 
-# The node leading the queue: RabbitMQ's quorum queue leader, RaftMQ's raft leader.
-rabbit_leader() {  # queue -> 1..3
-  rabbitmqctl rabbit1 25731 list_queues -q name leader 2>/dev/null \
-    | awk -v q="$1" '$1==q {sub(/^rabbit/, "", $2); sub(/@.*/, "", $2); print $2}'
-}
-raftmq_leader() {
-  for i in 1 2 3; do
-    if curl -s "127.0.0.1:2674$i/health" | grep -q '"role":"leader"'; then echo "$i"; return; fi
-  done
-}
-raftmq_leader_first() {  # the cluster's AMQP URIs, the raft leader's first
-  local l i uris
-  l=$(raftmq_leader)
-  uris="amqp://guest:guest@127.0.0.1:2574${l:-1}/%2f"
-  for i in 1 2 3; do [ "$i" = "${l:-1}" ] || uris="$uris,amqp://guest:guest@127.0.0.1:2574$i/%2f"; done
-  echo "$uris"
-}
 kill_leader_later() {  # broker queue pid-prefix: SIGKILL the queue's leader node 5 s from now
   local broker=$1 queue=$2 n=""
   sleep 3
