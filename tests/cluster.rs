@@ -74,9 +74,9 @@ async fn three_nodes_form_a_cluster_and_every_node_serves() {
     assert_eq!(cluster.role(follower).as_deref(), Some("follower"));
     let leader_id = cluster.nodes[leader].id;
     // A new group is formed by its lowest-numbered member alone (the others wait for it), so
-    // the first election has one candidate: node 1 leads term 1.
+    // the first election has one candidate: node 1 leads. (Usually in term 1; a vote request
+    // sent before a peer listens makes it campaign once more, so the term is not asserted.)
     assert_eq!(leader_id, 1, "{}", cluster.logs());
-    assert_eq!(cluster.health(leader).unwrap()["term"], 1);
     assert_eq!(cluster.health(other).unwrap()["leader"], leader_id);
 
     declare_durable(&cluster, follower, "everywhere").await;
