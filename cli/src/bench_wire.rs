@@ -12,7 +12,8 @@
 use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable};
 use amq_protocol::uri::AMQPUri;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+use raftmq_broker::protocol::content::ContentHeader;
 use raftmq_broker::protocol::frame::{
     put_frame, split_frame, RawFrame, FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
     PROTOCOL_HEADER,
@@ -292,10 +293,9 @@ impl Reader {
                             "content header without a method".into(),
                         ));
                     };
-                    if frame.payload.len() < 12 {
-                        return Err(WireError::Protocol("short content header".into()));
-                    }
-                    let body_size = (&frame.payload[4..12]).get_u64();
+                    let body_size = ContentHeader::parse(&frame.payload)
+                        .map_err(|e| WireError::Protocol(e.to_string()))?
+                        .body_size;
                     *size = Some(body_size);
                     if body_size == 0 {
                         let (tag, _, body) = self.assembling.take().expect("assembling");

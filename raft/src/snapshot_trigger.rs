@@ -40,14 +40,18 @@ pub const IDLE_FRACTION_OF_LAST: f64 = 1.0 / 16.0;
 impl SnapshotBySize {
     /// Is a snapshot due with `since` log bytes applied after a snapshot of `last` bytes?
     pub fn due(&self, since: u64, last: u64) -> bool {
-        since >= self.min_bytes && since as f64 >= last as f64 * self.fraction_of_last
+        reaches(since, last, self.min_bytes, self.fraction_of_last)
     }
 
     /// Is a snapshot due with `since` log bytes after a snapshot of `last` bytes, the log idle?
     pub fn due_when_idle(&self, since: u64, last: u64) -> bool {
-        self.due(since, last)
-            || (since >= self.idle_min_bytes && since as f64 >= last as f64 * IDLE_FRACTION_OF_LAST)
+        self.due(since, last) || reaches(since, last, self.idle_min_bytes, IDLE_FRACTION_OF_LAST)
     }
+}
+
+/// Whether `since` bytes of log are at least `min` and at least `fraction` of `last`.
+fn reaches(since: u64, last: u64, min: u64, fraction: f64) -> bool {
+    since >= min && since as f64 >= last as f64 * fraction
 }
 
 /// How often the counters are looked at.
