@@ -110,7 +110,9 @@ pub(crate) fn log_config(config: &ServeConfig, member_id: u64) -> LogConfig {
     );
     log_config.tick_interval = Duration::from_millis(config.tick_ms);
     log_config.snapshot_every_entries = config.snapshot_every;
-    log_config.logs_kept_after_snapshot = config.snapshot_every.min(1000);
+    log_config.logs_kept_after_snapshot = config
+        .snapshot_every
+        .min(raftmq_raft::node::LOGS_KEPT_AFTER_SNAPSHOT);
     if let Some(cluster) = &config.cluster {
         log_config.node.raft_addr = match cluster.peers.get(&config.node_id) {
             Some(peer) => peer.raft_addr.clone(),

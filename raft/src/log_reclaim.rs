@@ -1,23 +1,38 @@
-//! Gives back the disk space of purged log entries by dropping whole table files, one at a time.
+//! Gives back the space of purged log entries: those still only in memory by a range delete
+//! that the next memtable flush applies, those already in table files by dropping whole files,
+//! one at a time.
 //!
-//! A purge records the last purged id and nothing else: it writes no range tombstone over the
-//! purged entries (readers skip them, see `LogStore`). A tombstone made every table file
-//! flushed after it span the key range from index 0, so each one overlapped every older file
-//! and RocksDB merged them all in real compactions: in a three-node cluster on one disk, a
-//! compaction reading 250-320 MB on every node at once, the p99 confirm latency growing from
-//! 6 to 40 ms over three runs on the same cluster. Without tombstones log keys only grow, each
-//! flushed file lies after the ones before it, and RocksDB moves files down the levels without
-//! rewriting them.
+//! **Entries not yet flushed.** A log entry is written twice: into RocksDB's write-ahead log
+//! (the write that confirms it) and, when its memtable fills, into a table file. Under a steady
+//! load with a short queue (g: a 3-node cluster, about 20 MB of log a second on each node) most
+//! entries are purged soon after they are written, yet every 64 MiB memtable was flushed whole,
+//! and those flushes, on the disk the log's fsyncs wait on, were g's pauses (p99 62-93 ms with
+//! them, 35-60 ms in runs too short to flush; benchmarks.md, session 18). So a purge's record
+//! carries a range delete of the purged entries above every table file's keys: a flush drops
+//! the entries that a range delete in its own memtable covers, so they are written once, to the
+//! write-ahead log. With a snapshot every 32 MiB of log and 200 entries kept after it, g's
+//! flushes wrote 12-32 MB instead of 64 MiB (session 19).
 //!
-//! Once a purge is durable, every table file that holds nothing but purged entries is dropped
-//! (`DeleteFilesInRange`, which only sees files below level 0; level-0 files move down within a
-//! few flushes and go at a later purge). Files go one at a time, apart: freeing a file's blocks
-//! on a filesystem mounted with `discard` holds up the next journal commit, and with it the
-//! log's fsync, for as long as the device takes to discard them: 42 ms for 256 MB measured here,
-//! which dropping the files of one snapshot interval at once would cost.
+//! The range delete never reaches below the highest key of any table file, and none is written
+//! while a memtable waits to be flushed (its entries may land in a file after the delete is
+//! written). A range delete that spanned flushed files would make every file flushed after it
+//! overlap them, and RocksDB would merge them all in real compactions: when purges deleted
+//! from index 0, a compaction read 250-320 MB on every node of a 3-node cluster at once and the
+//! p99 confirm latency grew from 6 to 40 ms over three runs. Kept above the files, log keys and
+//! range deletes only grow, each flushed file lies after the ones before it, and RocksDB moves
+//! files down the levels without rewriting them.
+//!
+//! **Entries in table files.** Once a purge is durable, every table file that holds nothing but
+//! purged entries is dropped (`DeleteFilesInRange`, which only sees files below level 0;
+//! level-0 files move down within a few flushes and go at a later purge). Files go one at a
+//! time, apart: freeing a file's blocks on a filesystem mounted with `discard` holds up the next
+//! journal commit, and with it the log's fsync, for as long as the device takes to discard
+//! them: 42 ms for 256 MB measured here, which dropping the files of one snapshot interval at
+//! once would cost.
 
+use crate::store::index_key;
 use crate::store::{cf, key_index, CF_LOGS};
-use rocksdb::DB;
+use rocksdb::{WriteBatch, DB};
 use std::time::{Duration, Instant};
 
 /// Least time between two dropped files.
@@ -31,12 +46,42 @@ pub(crate) struct Reclaim {
     last_drop: Option<Instant>,
     /// The file the last drop was asked of (RocksDB skips a file that a compaction holds).
     last_tried: Option<String>,
+    /// Entries up to this index are covered by a range delete already written.
+    deleted_upto: Option<u64>,
 }
 
 impl Reclaim {
     /// A purge up to `index` is durable.
     pub(crate) fn purged(&mut self, index: u64) {
         self.purged_upto = Some(self.purged_upto.map_or(index, |p| p.max(index)));
+    }
+
+    /// Adds to `batch`, the record of a purge up to `upto`, a range delete of the purged
+    /// entries that no table file holds and no memtable waiting to be flushed may hold, so that
+    /// the flush of the memtable they are in drops them.
+    pub(crate) fn delete_unflushed(&mut self, db: &DB, batch: &mut WriteBatch, upto: u64) {
+        let logs = cf(db, CF_LOGS);
+        match db.property_int_value_cf(logs, "rocksdb.num-immutable-mem-table") {
+            Ok(Some(0)) => {}
+            // A flush is waiting or running: its entries may be purged ones. The next purge
+            // starts above the file it writes.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the log's memtable count");
+                return;
+            }
+        }
+        let Some(flushed) = highest_flushed(db) else {
+            return;
+        };
+        let from = flushed
+            .map_or(0, |f| f.saturating_add(1))
+            .max(self.deleted_upto.map_or(0, |d| d.saturating_add(1)));
+        if from > upto {
+            return;
+        }
+        batch.delete_range_cf(logs, index_key(from), index_key(upto.saturating_add(1)));
+        self.deleted_upto = Some(upto);
     }
 
     /// Whether files may be waiting to be dropped.
@@ -83,6 +128,25 @@ impl Reclaim {
             }
         }
     }
+}
+
+/// The highest log key in any table file (`Some(None)`: there is none), or `None` when the
+/// files cannot be listed.
+fn highest_flushed(db: &DB) -> Option<Option<u64>> {
+    let files = match db.live_files() {
+        Ok(files) => files,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list the database's table files");
+            return None;
+        }
+    };
+    Some(
+        files
+            .into_iter()
+            .filter(|f| f.column_family_name == CF_LOGS)
+            .filter_map(|f| key_index(&f.end_key?).ok())
+            .max(),
+    )
 }
 
 /// The name and key range of the log's lowest table file below level 0 whose every key is at
@@ -135,6 +199,66 @@ mod tests {
             .collect();
         files.sort_by_key(|f| f.1);
         files
+    }
+
+    /// Purges log keys up to `upto` as the writer does: the record's batch with whatever
+    /// range delete `delete_unflushed` adds, written.
+    fn purge(db: &DB, reclaim: &mut Reclaim, upto: u64) {
+        let mut batch = WriteBatch::default();
+        reclaim.delete_unflushed(db, &mut batch, upto);
+        db.write(batch).unwrap();
+    }
+
+    /// Point entries in the log's table files holding keys above `after`.
+    fn entries_flushed_after(db: &DB, after: u64) -> u64 {
+        db.live_files()
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.column_family_name == CF_LOGS)
+            .filter(|f| key_index(f.end_key.as_ref().unwrap()).unwrap() > after)
+            .map(|f| f.num_entries)
+            .sum()
+    }
+
+    #[test]
+    fn purged_entries_still_in_the_memtable_are_not_flushed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open_db(&tmp.path().join("db")).unwrap();
+        let logs = cf(&db, CF_LOGS);
+        let mut reclaim = Reclaim::default();
+        for i in 1..=20 {
+            db.put_cf(logs, index_key(i), [7u8; 100]).unwrap();
+        }
+        purge(&db, &mut reclaim, 12);
+        db.flush_cf(logs).unwrap();
+        assert_eq!(
+            entries_flushed_after(&db, 0),
+            8,
+            "only 13..=20 were written to a table file"
+        );
+
+        // 13..=20 are in a file now: a purge reaching into them deletes nothing there (the
+        // file goes whole later), only what lies above it.
+        for i in 21..=30 {
+            db.put_cf(logs, index_key(i), [7u8; 100]).unwrap();
+        }
+        purge(&db, &mut reclaim, 18);
+        purge(&db, &mut reclaim, 25);
+        db.flush_cf(logs).unwrap();
+        assert_eq!(entries_flushed_after(&db, 20), 5, "26..=30 flushed");
+        for i in 13..=20 {
+            assert!(db.get_cf(logs, index_key(i)).unwrap().is_some(), "{i}");
+        }
+        for i in (1..=12).chain(21..=25) {
+            assert!(db.get_cf(logs, index_key(i)).unwrap().is_none(), "{i}");
+        }
+        for i in 26..=30 {
+            assert!(db.get_cf(logs, index_key(i)).unwrap().is_some(), "{i}");
+        }
+        // A purge below what was deleted already adds nothing.
+        let mut batch = WriteBatch::default();
+        reclaim.delete_unflushed(&db, &mut batch, 22);
+        assert!(batch.is_empty());
     }
 
     #[test]

@@ -422,7 +422,7 @@ impl Writer<'_> {
             }
             let taken = group.len();
             let mut state = self.shared.state();
-            hold_purges(db, &mut group, &mut held);
+            hold_purges(db, &mut group, &mut held, &mut reclaim);
             if !group.is_empty() {
                 self.write_group(&mut state, &mut group, &mut reclaim);
             } else {
@@ -569,8 +569,9 @@ impl Writer<'_> {
 }
 
 /// Moves the group's purges into `held` (the newest wins) and puts the held one back at the
-/// end of the group once the stored snapshot covers it.
-fn hold_purges(db: &DB, group: &mut Vec<Job>, held: &mut Option<Job>) {
+/// end of the group once the stored snapshot covers it, with a range delete of its unflushed
+/// entries (`Reclaim::delete_unflushed`).
+fn hold_purges(db: &DB, group: &mut Vec<Job>, held: &mut Option<Job>, reclaim: &mut Reclaim) {
     let mut i = 0;
     while i < group.len() {
         if group[i].purged.is_some() {
@@ -586,8 +587,11 @@ fn hold_purges(db: &DB, group: &mut Vec<Job>, held: &mut Option<Job>) {
         Some(index) => stored_snapshot_index(db).is_some_and(|s| s >= index),
         None => false,
     };
-    if covered {
-        group.extend(held.take());
+    if let Some(mut job) = covered.then(|| held.take()).flatten() {
+        if let Some(index) = job.purged {
+            reclaim.delete_unflushed(db, &mut job.batch, index);
+        }
+        group.push(job);
     }
 }
 

@@ -87,6 +87,13 @@ pub struct LogConfig {
     pub shutdown_timeout: Duration,
 }
 
+/// Log entries kept after a snapshot, for a follower slightly behind. Entries, not bytes
+/// (openraft counts them): 200 of g's entries are about 11 MB, a third of a second of its log.
+/// With 1,000 (55 MB) most of g's purged entries had been flushed to table files before their
+/// purge, and its p99 confirm latency was 13-17 ms against 8-9 ms (docs/benchmarks.md, session
+/// 19). A follower further behind is sent a snapshot.
+pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 200;
+
 impl LogConfig {
     pub fn new(node_id: NodeId, data_dir: impl Into<PathBuf>, node: NodeInfo) -> LogConfig {
         LogConfig {
@@ -105,17 +112,19 @@ impl LogConfig {
             tick_interval: Duration::from_millis(100),
             snapshot_every_entries: 20_000,
             // Measured with a million 1 KiB messages queued (docs/benchmarks.md, h): loading a
-            // message from a snapshot costs about a fifth of replaying it from the log. The
-            // minimum keeps a fast queue with a small backlog (c: 40 MB/s of log) from taking
-            // a snapshot every second or two. A quarter of the last snapshot bounds a restart
-            // after a crash under load; the idle rule makes one after a fill nearly free of
-            // replay (32 MiB of log replays in about 50 ms).
+            // message from a snapshot costs about a fifth of replaying it from the log. A
+            // quarter of the last snapshot bounds a restart after a crash under load and keeps
+            // the cost of writing snapshots in proportion; the idle rule makes one after a fill
+            // nearly free of replay (32 MiB of log replays in about 50 ms). The minimum is for
+            // a short queue under a steady load, whose snapshots are small: one every 32 MiB
+            // of log lets its purges delete entries before their memtable is flushed
+            // (`log_reclaim`); at 256 MiB every entry of g was flushed first (session 19).
             snapshot_by_size: SnapshotBySize {
-                min_bytes: 256 * 1024 * 1024,
+                min_bytes: 32 * 1024 * 1024,
                 fraction_of_last: 0.25,
                 idle_min_bytes: 32 * 1024 * 1024,
             },
-            logs_kept_after_snapshot: 1_000,
+            logs_kept_after_snapshot: LOGS_KEPT_AFTER_SNAPSHOT,
             // openraft times an AppendEntries out after one heartbeat interval; it includes the
             // follower's fsync, so it must not be too short.
             heartbeat_interval: Duration::from_millis(100),
@@ -137,12 +146,12 @@ impl LogConfig {
             // An entry may be up to `max_bytes_per_entry` (8 MiB); openraft's default of 300
             // entries per AppendEntries could make one RPC gigabytes long.
             max_payload_entries: 64,
-            // Purge in steps (each is one synced record through the log writer), but never in
-            // steps longer than the snapshot interval, or a small interval would keep far more
-            // log than it says. Steps of 256 made a size-triggered snapshot's purge (4,500
-            // entries) 18 writes (then range deletes); in g the p99 was 26-34 ms with them,
-            // 8-13 ms in one step (two runs each, docs/benchmarks.md session 6).
-            purge_batch_size: (self.snapshot_every_entries / 4).clamp(1, 65_536),
+            // openraft purges only once at least this many entries can go. Each snapshot's
+            // purge is one synced record through the log writer, so every snapshot purges:
+            // with a quarter of the snapshot interval (5,000 entries, 275 MB of g's log) the
+            // purges lagged so far behind that every entry was flushed before its purge
+            // (docs/benchmarks.md, session 19).
+            purge_batch_size: 1,
             ..Config::default()
         }
         .validate()

@@ -345,8 +345,8 @@ pub struct LogStore {
     db: Arc<DB>,
     recent: Arc<Mutex<RecentLog>>,
     writer: LogWriter,
-    /// The last purged id. A purge deletes nothing in RocksDB (its files are dropped whole
-    /// later, `log_reclaim`), so reads start after it; and its record reaches RocksDB only once
+    /// The last purged id. A purge deletes only unflushed entries in RocksDB (flushed ones go
+    /// with their files later, `log_reclaim`), so reads start after it; and its record reaches RocksDB only once
     /// the stored snapshot covers it (`LogWriter::purge`), so this is the log's state meanwhile.
     purged: Arc<Mutex<Option<LogId>>>,
     sync: Arc<SyncPolicy>,
@@ -528,7 +528,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.last_purged();
         // With every entry purged the log is empty, and its last id is the last purged one
-        // (purged entries may still be in RocksDB: a purge deletes nothing there).
+        // (purged entries may still be in RocksDB: a purge deletes only those not yet flushed).
         let newest = self.recent().last_log_id();
         let last_log_id = match newest {
             Some(id) => Some(id),
@@ -662,13 +662,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Records log_id as the last purged id and deletes nothing: from now on reads start
-        // after it (`log_reclaim` says why there is no range delete). The record is written,
-        // synced, once the stored snapshot covers log_id (`LogWriter::purge`: on a follower
-        // openraft purges before a received snapshot is stored), and only after that does the
-        // writer drop the table files that hold only purged entries. Until the record is
-        // durable a crash brings the purged entries back, which is harmless: they are purged
-        // again.
+        // Records log_id as the last purged id: from now on reads start after it. The record
+        // is written, synced, once the stored snapshot covers log_id (`LogWriter::purge`: on a
+        // follower openraft purges before a received snapshot is stored), with a range delete
+        // of the purged entries that are not yet in table files; only after that does the
+        // writer drop the table files that hold only purged entries (`log_reclaim`). Until the
+        // record is durable a crash brings the purged entries back, which is harmless: they
+        // are purged again.
         let value =
             encode_meta(&log_id).map_err(|e| io_err(ErrorSubject::Store, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::default();
@@ -865,8 +865,7 @@ mod tests {
         );
     }
 
-    /// A purge deletes nothing in RocksDB; reads and the log state must still start after it,
-    /// also after the store is opened again. Its record is written only once the stored
+    /// Reads and the log state start after a purge, also after the store is opened again. Its record is written only once the stored
     /// snapshot covers it.
     #[tokio::test]
     async fn purged_entries_stay_unread_across_a_reopen() {
