@@ -209,14 +209,15 @@ mod tests {
         db.write(batch).unwrap();
     }
 
-    /// Point entries in the log's table files holding keys above `after`.
+    /// Entries written (not deleted) in the log's table files holding keys above `after`: a
+    /// file counts a range delete among its entries and its deletions.
     fn entries_flushed_after(db: &DB, after: u64) -> u64 {
         db.live_files()
             .unwrap()
             .into_iter()
             .filter(|f| f.column_family_name == CF_LOGS)
             .filter(|f| key_index(f.end_key.as_ref().unwrap()).unwrap() > after)
-            .map(|f| f.num_entries)
+            .map(|f| f.num_entries - f.num_deletions)
             .sum()
     }
 
