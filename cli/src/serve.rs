@@ -110,9 +110,18 @@ pub(crate) fn log_config(config: &ServeConfig, member_id: u64) -> LogConfig {
     );
     log_config.tick_interval = Duration::from_millis(config.tick_ms);
     log_config.snapshot_every_entries = config.snapshot_every;
-    log_config.logs_kept_after_snapshot = config
-        .snapshot_every
-        .min(raftmq_raft::node::LOGS_KEPT_AFTER_SNAPSHOT);
+    // A lone node (standalone, or the active one of a pair) has no follower to catch up from
+    // its log, so a snapshot purges every entry it covers: its purges then delete most entries
+    // before their memtable is flushed (`log_reclaim`). With 200 entries kept, b's entries of
+    // about 240 KB kept 48 MB of log unpurged and nearly every memtable was flushed whole
+    // (docs/benchmarks.md, session 19). A member added later catches up from the snapshot.
+    log_config.logs_kept_after_snapshot = if config.cluster.is_some() {
+        config
+            .snapshot_every
+            .min(raftmq_raft::node::LOGS_KEPT_AFTER_SNAPSHOT)
+    } else {
+        0
+    };
     if let Some(cluster) = &config.cluster {
         log_config.node.raft_addr = match cluster.peers.get(&config.node_id) {
             Some(peer) => peer.raft_addr.clone(),
