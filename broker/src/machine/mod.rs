@@ -127,8 +127,12 @@ pub const FLOW_BACKLOG: usize = 50_000;
 /// behind does not leave messages ready until its whole prefetch is taken (with no prefetch
 /// limit, never), and the deliveries it holds wait in its socket, client and our output
 /// buffer just the same. The multiple of the ack keeps a consumer that acknowledges in large
-/// batches from being taken for a slow one.
-pub const FLOW_UNACKED: u64 = 150_000;
+/// batches from being taken for a slow one. The mark bounds how far behind such a consumer
+/// runs, so it sets the flood's latency: with RabbitMQ's Java client (no prefetch limit, an ack
+/// per delivery, the way PerfTest runs) 150,000 gave b a p99 of 511-768 ms against RabbitMQ's
+/// 403-804, and 10,000 gave 127-137 ms with more throughput (137-142k against 93-131k msg/s;
+/// a 389 against 897 ms, e 408 against 947; benchmarks.md, session 19).
+pub const FLOW_UNACKED: u64 = 10_000;
 
 /// Whether a queue's consumers are falling behind (see `FLOW_BACKLOG`, `FLOW_UNACKED`).
 pub(crate) fn consumers_behind(q: &queue::Queue) -> bool {
