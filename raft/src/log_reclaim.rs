@@ -30,8 +30,7 @@
 //! them: 42 ms for 256 MB measured here, which dropping the files of one snapshot interval at
 //! once would cost.
 
-use crate::store::index_key;
-use crate::store::{cf, key_index, CF_LOGS};
+use crate::store::{cf, index_key, key_index, CF_LOGS};
 use rocksdb::{WriteBatch, DB};
 use std::time::{Duration, Instant};
 
@@ -174,7 +173,7 @@ fn droppable_file(db: &DB, upto: u64) -> Option<(String, Vec<u8>, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{index_key, open_db};
+    use crate::store::open_db;
 
     /// Writes log keys `range` and flushes them into a table file of their own.
     fn write_file(db: &DB, range: std::ops::RangeInclusive<u64>) {
