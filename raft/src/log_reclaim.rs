@@ -31,7 +31,7 @@
 //! once would cost.
 
 use crate::store::{cf, index_key, key_index, CF_LOGS};
-use rocksdb::{WriteBatch, DB};
+use rocksdb::{LiveFile, WriteBatch, DB};
 use std::time::{Duration, Instant};
 
 /// Least time between two dropped files.
@@ -70,10 +70,13 @@ impl Reclaim {
                 return;
             }
         }
-        let Some(flushed) = highest_flushed(db) else {
+        let Some(files) = log_files(db) else {
             return;
         };
-        let from = flushed
+        // Above the highest key of any table file.
+        let from = files
+            .filter_map(|f| key_index(&f.end_key?).ok())
+            .max()
             .map_or(0, |f| f.saturating_add(1))
             .max(self.deleted_upto.map_or(0, |d| d.saturating_add(1)));
         if from > upto {
@@ -129,38 +132,26 @@ impl Reclaim {
     }
 }
 
-/// The highest log key in any table file (`Some(None)`: there is none), or `None` when the
-/// files cannot be listed.
-fn highest_flushed(db: &DB) -> Option<Option<u64>> {
-    let files = match db.live_files() {
-        Ok(files) => files,
+/// The log's table files, or `None` (with a warning) when they cannot be listed.
+fn log_files(db: &DB) -> Option<impl Iterator<Item = LiveFile>> {
+    match db.live_files() {
+        Ok(files) => Some(
+            files
+                .into_iter()
+                .filter(|f| f.column_family_name == CF_LOGS),
+        ),
         Err(e) => {
             tracing::warn!(error = %e, "could not list the database's table files");
-            return None;
+            None
         }
-    };
-    Some(
-        files
-            .into_iter()
-            .filter(|f| f.column_family_name == CF_LOGS)
-            .filter_map(|f| key_index(&f.end_key?).ok())
-            .max(),
-    )
+    }
 }
 
 /// The name and key range of the log's lowest table file below level 0 whose every key is at
 /// most `upto`, if there is one.
 fn droppable_file(db: &DB, upto: u64) -> Option<(String, Vec<u8>, Vec<u8>)> {
-    let files = match db.live_files() {
-        Ok(files) => files,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not list the database's table files");
-            return None;
-        }
-    };
-    files
-        .into_iter()
-        .filter(|f| f.column_family_name == CF_LOGS && f.level > 0)
+    log_files(db)?
+        .filter(|f| f.level > 0)
         .filter_map(|f| {
             let (first, last) = (f.start_key?, f.end_key?);
             let last_index = key_index(&last).ok()?;
