@@ -112,6 +112,14 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
     // inode, and the files piled up on disk. Past 256 MiB of log files RocksDB now flushes
     // the small families holding the oldest file, which frees it for reuse.
     opts.set_max_total_wal_size(256 << 20);
+    // The families are flushed together, so the log family's flush (or its memtable's
+    // drop, when a purge covered it) frees the write-ahead-log file at once instead of after
+    // 256 MiB. A new database writes only fresh, growing log files until the first one is
+    // freed, and every synced write into such a file also writes its inode: the first seconds
+    // on a fresh node were the slow ones (g's first 10 s on a fresh cluster 31-36k confirmed
+    // msg/s against 43-45k once warm; standalone b and c 4-6% faster over a fresh node's
+    // first 10 s with this; docs/benchmarks.md, session 20).
+    opts.set_atomic_flush(true);
     // Table files written by flushes and compactions are handed to the disk a megabyte at a
     // time as they are written. Without this a flush wrote its 64 MiB file into the page cache
     // and synced it at the end, and the log's own fsync (the one that confirms publishes)

@@ -784,6 +784,7 @@ impl State {
         }
         let mut accepted = true;
         let mut backlogged = false;
+        let confirming = p.confirm_seq.is_some();
         for qid in targets {
             let incoming = Incoming {
                 exchange: &p.exchange,
@@ -795,7 +796,10 @@ impl State {
                 expiration_ms: m.expiration_ms,
             };
             accepted &= self.enqueue(qid, incoming, cx);
-            backlogged |= self.queues.get(&qid).is_some_and(super::consumers_behind);
+            backlogged |= self
+                .queues
+                .get(&qid)
+                .is_some_and(|q| super::consumers_behind(q, confirming));
         }
         if backlogged && cx.flow_told != Some(ch.conn) {
             cx.flow_told = Some(ch.conn);

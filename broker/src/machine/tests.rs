@@ -1596,6 +1596,26 @@ fn deliveries_held_unacknowledged_slow_publishers_by_the_consumers_ack_batch() {
     assert_eq!(flows(&b.one(publish(C, "", "q", "three batches"))), 1);
 }
 
+/// A publisher that waits on confirms is slowed at FLOW_UNACKED_CONFIRMING deliveries held,
+/// one that does not only at FLOW_UNACKED: the first is paced by the log, not by its
+/// consumers, and would otherwise let them fall far behind.
+#[test]
+fn confirming_publishers_are_slowed_at_a_lower_unacked_mark() {
+    let mut b = Broker::new();
+    b.queue(C, "q");
+    b.one(consume(C, "q", "c1", false));
+    let confirming = super::FLOW_UNACKED_CONFIRMING;
+    let confirmed = |n: u64| publish_msg(C, "", "q", message(&n.to_string()), Some(n), false);
+    assert_eq!(
+        flows(&b.run((1..confirming).map(confirmed).collect())),
+        0,
+        "below the mark"
+    );
+    assert_eq!(flows(&b.one(confirmed(confirming))), 1, "at the mark");
+    // The same queue, the same deliveries held: a publisher without confirms goes on.
+    assert_eq!(flows(&b.one(publish(C, "", "q", "no confirm"))), 0);
+}
+
 // ---------------------------------------------------------------- consumers and acks
 
 /// https://www.rabbitmq.com/docs/confirms#automatic-requeueing (back in place, redelivered)
