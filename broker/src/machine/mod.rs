@@ -137,12 +137,13 @@ pub const FLOW_UNACKED: u64 = 10_000;
 /// The same mark for a publisher that waits on confirms. Its pace is set by the confirms,
 /// which come once the message is in the log, not once it is consumed, so a consumer slower
 /// than the log (RabbitMQ's Java client while its JIT warms up, an ack per delivery) falls
-/// behind by up to the whole mark, and every message then waits behind that backlog: at 65k
-/// confirmed msg/s, 10,000 deliveries held made a 10 s run's end-to-end p99 15-82 ms where it
-/// was 7-11 ms with 1,000, at the same throughput (docs/benchmarks.md, session 20). Such a
-/// publisher asked to be told when its messages are safe, not to flood; holding it to the
-/// consumer's pace keeps each message's wait short.
-pub const FLOW_UNACKED_CONFIRMING: u64 = 1_000;
+/// behind by up to the whole mark, and every message then waits behind that backlog: with
+/// that client at 65-73k confirmed msg/s, a 10 s run's end-to-end p99 was 8-82 ms with 10,000
+/// deliveries held, 7-11 ms with 1,000 and 6-8 ms with 500 or 300, at the same throughput;
+/// `raftmq bench` with no prefetch limit and an ack per delivery did 143k, 161k and 164k
+/// (docs/benchmarks.md, session 20). Such a publisher asked to be told when its messages are
+/// safe, not to flood; holding it to the consumer's pace keeps each message's wait short.
+pub const FLOW_UNACKED_CONFIRMING: u64 = 500;
 
 /// Whether a queue's consumers are falling behind (see `FLOW_BACKLOG`, `FLOW_UNACKED`), for a
 /// publisher that waits on confirms (`confirming`) or not.
