@@ -1604,14 +1604,14 @@ fn confirming_publishers_are_slowed_at_a_lower_unacked_mark() {
     let mut b = Broker::new();
     b.queue(C, "q");
     b.one(consume(C, "q", "c1", false));
-    let confirming = super::FLOW_UNACKED_CONFIRMING;
+    let mark = super::FLOW_UNACKED_CONFIRMING;
     let confirmed = |n: u64| publish_msg(C, "", "q", message(&n.to_string()), Some(n), false);
     assert_eq!(
-        flows(&b.run((1..confirming).map(confirmed).collect())),
+        flows(&b.run((1..mark).map(confirmed).collect())),
         0,
         "below the mark"
     );
-    assert_eq!(flows(&b.one(confirmed(confirming))), 1, "at the mark");
+    assert_eq!(flows(&b.one(confirmed(mark))), 1, "at the mark");
     // The same queue, the same deliveries held: a publisher without confirms goes on.
     assert_eq!(flows(&b.one(publish(C, "", "q", "no confirm"))), 0);
 }
