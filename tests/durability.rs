@@ -103,12 +103,33 @@ async fn durable_entities_and_persistent_messages_survive_a_restart_transient_on
     );
 }
 
+const PREWRITTEN: &str = "write-ahead-log files prewritten";
+
+/// The write-ahead-log files of the database in `data_dir` of at least `min` bytes.
+fn full_wal_files(data_dir: &std::path::Path, min: u64) -> usize {
+    std::fs::read_dir(data_dir.join("db"))
+        .expect("database directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| p.metadata().is_ok_and(|m| m.len() >= min))
+        .count()
+}
+
 /// The crash test: publishers with confirms run while the broker is SIGKILLed; after a
 /// restart on the same data directory every confirmed message is there (at least once) and
-/// nothing that was never published appears.
+/// nothing that was never published appears. The node runs with its default prewritten
+/// write-ahead log (the suite turns it off elsewhere), so the confirmed writes land in reused
+/// files that still hold the prewrite's bytes after them, and recovery must stop at the last
+/// real record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_confirmed_publishing_loses_nothing_confirmed() {
-    let mut broker = Broker::start();
+    let mut broker = Broker::start_with(&["--wal-prewrite-mib", "70"]);
+    assert_eq!(broker.log().matches(PREWRITTEN).count(), 1);
+    assert_eq!(
+        full_wal_files(&broker.data_dir, 70 << 20),
+        2,
+        "two write-ahead-log files of 70 MiB"
+    );
     {
         let (_c, ch) = broker.channel().await;
         ch.queue_declare(
@@ -186,6 +207,11 @@ async fn sigkill_under_confirmed_publishing_loses_nothing_confirmed() {
     let confirmed = confirmed.lock().unwrap().clone();
     let published_max = sent.load(Ordering::Relaxed);
     broker.restart();
+    assert_eq!(
+        broker.log().matches(PREWRITTEN).count(),
+        1,
+        "a restart does not prewrite again"
+    );
     let (_c, ch) = broker.channel().await;
     let mut found = BTreeSet::new();
     let mut unexpected = 0u64;

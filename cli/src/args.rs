@@ -228,6 +228,13 @@ pub struct ServeArgs {
     #[arg(long, env = "RAFTMQ_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
 
+    /// On a new data directory, write this many MiB into each of two write-ahead-log files
+    /// before serving, so the first confirmed writes reuse them instead of growing new files
+    /// (about 0.3 s once; a fresh cluster's first seconds ran 20-30% slower without it). 0
+    /// turns it off [default: 70].
+    #[arg(long, env = "RAFTMQ_WAL_PREWRITE_MIB")]
+    pub wal_prewrite_mib: Option<usize>,
+
     /// Threads that run the connections, the log and the state machine [default: half the
     /// CPUs, at least 1]. Disk writes run on a separate pool. Fewer threads mean fewer
     /// wake-ups between them: on 2 cores, 1 thread delivered 4x more under 4 publishers and 4

@@ -31,6 +31,7 @@ struct FileConfig {
     inter_az_delay_ms: Option<u64>,
     node_down_after_ms: Option<u64>,
     snapshot_every: Option<u64>,
+    wal_prewrite_mib: Option<usize>,
     shared_dir: Option<PathBuf>,
     worker_threads: Option<usize>,
 }
@@ -69,6 +70,8 @@ pub struct ServeConfig {
     pub max_message_size: u64,
     pub tick_ms: u64,
     pub snapshot_every: u64,
+    /// MiB written in advance into each of a new database's first two write-ahead-log files.
+    pub wal_prewrite_mib: usize,
     pub cluster: Option<ClusterConfig>,
     /// Active/standby: the shared directory (then `data_dir` is the same directory).
     pub shared_dir: Option<PathBuf>,
@@ -126,6 +129,10 @@ impl ServeConfig {
                 .snapshot_every
                 .or(file.snapshot_every)
                 .unwrap_or(20_000),
+            wal_prewrite_mib: args
+                .wal_prewrite_mib
+                .or(file.wal_prewrite_mib)
+                .unwrap_or(raftmq_raft::node::DEFAULT_WAL_PREWRITE_MIB),
             cluster: None,
             shared_dir: None,
             worker_threads: args

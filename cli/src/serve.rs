@@ -110,6 +110,7 @@ pub(crate) fn log_config(config: &ServeConfig, member_id: u64) -> LogConfig {
     );
     log_config.tick_interval = Duration::from_millis(config.tick_ms);
     log_config.snapshot_every_entries = config.snapshot_every;
+    log_config.wal_prewrite_mib = config.wal_prewrite_mib;
     // A lone node (standalone, or the active one of a pair) has no follower to catch up from
     // its log, so a snapshot purges every entry it covers: its purges then delete most entries
     // before their memtable is flushed (`log_reclaim`). With 200 entries kept, b's entries of

@@ -40,6 +40,7 @@ pub mod state_machine;
 pub mod store;
 pub mod transport;
 pub mod types;
+mod wal_prewrite;
 
 pub use cluster::{ClusterAdmin, ClusterStatus, MemberStatus};
 pub use lock::{DataDirLock, LockError};

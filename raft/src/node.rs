@@ -12,7 +12,7 @@ use crate::network::TcpNetwork;
 use crate::proposer::{BatchLimits, Batcher, Control, Router};
 use crate::snapshot_trigger::SnapshotBySize;
 use crate::state_machine::{open_stores, Applied, ApplyStats};
-use crate::store::{open_db, StoreError, SyncPolicy};
+use crate::store::{StoreError, SyncPolicy};
 use crate::transport::{server, Transport, TransportConfig};
 use crate::types::{NodeInfo, Raft, RaftMetrics};
 use openraft::error::{ClientWriteError, Fatal, InitializeError, RaftError};
@@ -85,7 +85,13 @@ pub struct LogConfig {
     pub open_timeout: Duration,
     /// How long `shutdown` waits for proposers to write what they queued.
     pub shutdown_timeout: Duration,
+    /// On a new database, write this many MiB into each of two write-ahead-log files before
+    /// serving, so the first synced log writes reuse them (`wal_prewrite`); 0: off.
+    pub wal_prewrite_mib: usize,
 }
+
+/// MiB prewritten into each of a new database's first two write-ahead-log files.
+pub const DEFAULT_WAL_PREWRITE_MIB: usize = crate::wal_prewrite::DEFAULT_MIB_PER_FILE;
 
 /// Log entries kept after a snapshot, for a follower slightly behind. Entries, not bytes
 /// (openraft counts them): 200 of g's entries are about 11 MB, a third of a second of its log.
@@ -132,6 +138,7 @@ impl LogConfig {
             election_timeout_max: Duration::from_millis(600),
             open_timeout: Duration::from_secs(120),
             shutdown_timeout: Duration::from_secs(10),
+            wal_prewrite_mib: DEFAULT_WAL_PREWRITE_MIB,
         }
     }
 
@@ -400,10 +407,12 @@ impl LogNode {
             source,
         };
         let opening = std::time::Instant::now();
-        let db = tokio::task::spawn_blocking(move || open_db(&db_path))
-            .await
-            .map_err(|e| store_err(StoreError::Join(e)))?
-            .map_err(store_err)?;
+        let prewrite_mib = config.wal_prewrite_mib;
+        let db =
+            tokio::task::spawn_blocking(move || crate::wal_prewrite::open(&db_path, prewrite_mib))
+                .await
+                .map_err(|e| store_err(StoreError::Join(e)))?
+                .map_err(store_err)?;
         tracing::info!(ms = opening.elapsed().as_millis() as u64, "database open");
         let (log_store, sm) = open_stores(db.clone(), sink.clone()).map_err(store_err)?;
         let syncs = log_store.syncs();

@@ -118,7 +118,8 @@ pub(crate) fn open_db(path: &Path) -> Result<Arc<DB>, StoreError> {
     // freed, and every synced write into such a file also writes its inode: the first seconds
     // on a fresh node were the slow ones (g's first 10 s on a fresh cluster 31-36k confirmed
     // msg/s against 43-45k once warm; standalone b and c 4-6% faster over a fresh node's
-    // first 10 s with this; docs/benchmarks.md, session 20).
+    // first 10 s with this; docs/benchmarks.md, session 20). `wal_prewrite` goes further on a
+    // new database and has its first two files written before it serves.
     opts.set_atomic_flush(true);
     // Table files written by flushes and compactions are handed to the disk a megabyte at a
     // time as they are written. Without this a flush wrote its 64 MiB file into the page cache
