@@ -133,6 +133,7 @@ pub(crate) fn log_config(config: &ServeConfig, member_id: u64) -> LogConfig {
         log_config.join = cluster.join;
         log_config.cluster_secret = cluster.secret.clone().unwrap_or_default().into_bytes();
         log_config.inter_az_delay = Duration::from_millis(cluster.inter_az_delay_ms);
+        log_config.max_entries_in_flight = raftmq_raft::node::CLUSTER_ENTRIES_IN_FLIGHT;
         // openraft gives an AppendEntries (which includes the follower's fsync) one heartbeat
         // interval to answer, and a vote request the minimum election timeout: both must
         // outlast a round trip between zones with room to spare.

@@ -65,7 +65,8 @@ pub struct LogConfig {
     /// default: while a batch is written, replicated and applied, the next one fills, so the
     /// batch size follows the load (group commit clocked by the log itself). Measured on two
     /// cores (docs/benchmarks.md): one in flight gave 1.8x the confirmed throughput of sixteen
-    /// standalone and 2x in a three-node cluster, with fewer, larger entries and fsyncs.
+    /// standalone and 2x in a three-node cluster, with fewer, larger entries and fsyncs. A
+    /// cluster member runs with [`CLUSTER_ENTRIES_IN_FLIGHT`].
     pub max_entries_in_flight: usize,
     /// With no command for this long, an empty entry is proposed so the machine's clock moves.
     pub tick_interval: Duration,
@@ -89,6 +90,16 @@ pub struct LogConfig {
     /// serving, so the first synced log writes reuse them (`wal_prewrite`); 0: off.
     pub wal_prewrite_mib: usize,
 }
+
+/// Entries in flight on a member of a cluster. With one, the next batch waited for the
+/// previous one's whole turn: the leader's and a follower's fsync, and then the round trip
+/// that only carries the new commit index to the followers (openraft sends it at once, and a
+/// follower's replication stream has one call in flight). With two, the next batch is
+/// appended meanwhile and rides along. g on a quiet 2-core machine, three clusters each,
+/// alternately: 41-45k confirmed msg/s with one, 52-55k with two, p99 alike; three was
+/// unsteady (55k, then 33-41k with a p99 of 9-17 ms). A lone node showed no difference (c
+/// 154-165k either way, b 281-300k), so it keeps one (docs/benchmarks.md, session 21).
+pub const CLUSTER_ENTRIES_IN_FLIGHT: usize = 2;
 
 /// MiB prewritten into each of a new database's first two write-ahead-log files.
 pub const DEFAULT_WAL_PREWRITE_MIB: usize = crate::wal_prewrite::DEFAULT_MIB_PER_FILE;
