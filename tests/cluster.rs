@@ -155,6 +155,7 @@ async fn a_node_without_the_secret_is_refused() {
     let mut peers = cluster.peer_args();
     peers.extend(["--peer".into(), format!("9=127.0.0.1:{port}@az-x")]);
     let mut impostor = std::process::Command::new(BIN)
+        .env("RAFTMQ_WAL_PREWRITE_MIB", "0")
         .args([
             "serve",
             "--node-id",
@@ -519,6 +520,7 @@ async fn a_node_is_added_and_removed_at_run_time() {
     let amqp_port = crate::common::free_port();
     let log = std::fs::File::create(tmp.path().join("node4.log")).unwrap();
     let mut fourth = std::process::Command::new(BIN)
+        .env("RAFTMQ_WAL_PREWRITE_MIB", "0")
         .args([
             "serve",
             "--node-id",

@@ -117,8 +117,8 @@ fn full_wal_files(data_dir: &std::path::Path, min: u64) -> usize {
 
 /// The crash test: publishers with confirms run while the broker is SIGKILLed; after a
 /// restart on the same data directory every confirmed message is there (at least once) and
-/// nothing that was never published appears. The node runs with its default prewritten
-/// write-ahead log (the suite turns it off elsewhere), so the confirmed writes land in reused
+/// nothing that was never published appears. The node runs with the default prewritten
+/// write-ahead log (70 MiB a file; the suite turns it off elsewhere), so the confirmed writes land in reused
 /// files that still hold the prewrite's bytes after them, and recovery must stop at the last
 /// real record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

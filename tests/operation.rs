@@ -81,6 +81,7 @@ fn every_serve_flag_has_help_and_an_environment_variable() {
         "--default-user",
         "--default-pass",
         "--log-format",
+        "--wal-prewrite-mib",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
@@ -91,7 +92,28 @@ fn every_serve_flag_has_help_and_an_environment_variable() {
         "RAFTMQ_NODE_ID",
         "RAFTMQ_DEFAULT_USER",
         "RAFTMQ_LOG_FORMAT",
+        "RAFTMQ_WAL_PREWRITE_MIB",
     ] {
         assert!(help.contains(var), "{var} missing from --help");
     }
+}
+
+#[test]
+fn a_wal_prewrite_past_what_a_log_file_holds_is_refused_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--wal-prewrite-mib", "500", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--wal-prewrite-mib must be at most 120"),
+        "unclear message: {stderr}"
+    );
+    assert!(
+        !tmp.path().join("data").exists(),
+        "nothing is created for a refused setting"
+    );
 }

@@ -231,7 +231,7 @@ pub struct ServeArgs {
     /// On a new data directory, write this many MiB into each of two write-ahead-log files
     /// before serving, so the first confirmed writes reuse them instead of growing new files
     /// (about 0.3 s once; a fresh cluster's first seconds ran 20-30% slower without it). 0
-    /// turns it off [default: 70].
+    /// turns it off; at most 120 [default: 70].
     #[arg(long, env = "RAFTMQ_WAL_PREWRITE_MIB")]
     pub wal_prewrite_mib: Option<usize>,
 

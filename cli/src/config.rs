@@ -230,6 +230,12 @@ impl ServeConfig {
         if config.worker_threads == 0 {
             anyhow::bail!("--worker-threads must be at least 1");
         }
+        if config.wal_prewrite_mib > raftmq_raft::node::MAX_WAL_PREWRITE_MIB {
+            anyhow::bail!(
+                "--wal-prewrite-mib must be at most {} (a write-ahead-log file holds about 64 MiB)",
+                raftmq_raft::node::MAX_WAL_PREWRITE_MIB
+            );
+        }
         if config.tick_ms == 0 {
             anyhow::bail!("--tick-ms must be at least 1");
         }

@@ -56,6 +56,11 @@ pub enum StoreError {
         path: String,
         source: rocksdb::Error,
     },
+    #[error("cannot look into the database directory {path}: {source}")]
+    Dir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("RocksDB error: {0}")]
     Rocks(#[from] rocksdb::Error),
     #[error("corrupt {what} in the database: {detail}")]

@@ -5,11 +5,11 @@
 //! the filesystem journal; into a reused file (`recycle_log_file_num`) it writes data only.
 //! RocksDB reuses a file only after it has been released (its memtables flushed), and only
 //! within one run of the process, so a new node wrote its first two files, about 128 MiB,
-//! the slow way: on 2 cores a fresh cluster confirmed 24-32k msg/s in g's first 4 s against
-//! 38-43k after (docs/benchmarks.md, session 21).
+//! the slow way: on 2 cores a fresh cluster confirmed 27-35k msg/s in g's first 4 s against
+//! 37-45k after (docs/benchmarks.md, session 21).
 //!
-//! [`prewrite`] fills two files with throwaway writes to a key of the meta family, synced,
-//! and has RocksDB release them, so the first real writes already go into reused files. It
+//! [`prewrite`] fills two files with throwaway writes to one key of the meta and state
+//! families, synced, and has RocksDB release them, so the first real writes already go into reused files. It
 //! runs once, on a database that did not exist before; a restarted node replays its log and
 //! starts a new file as RocksDB always does.
 
@@ -27,10 +27,17 @@ const KEY_FILL: &[u8] = b"wal-prewrite-fill";
 /// MB). A reused file written past its old end grows again, so the files are a little larger.
 pub const DEFAULT_MIB_PER_FILE: usize = 70;
 
+/// Half of a file goes into each of two families; past this a family's 64 MiB memtable would
+/// fill and switch files in the middle of one.
+pub const MAX_MIB_PER_FILE: usize = 120;
+
 /// Opens the database at `path` (`store::open_db`); a new one gets its write-ahead-log files
 /// prewritten with `mib_per_file` MiB each (none with 0).
 pub(crate) fn open(path: &Path, mib_per_file: usize) -> Result<Arc<DB>, StoreError> {
-    let new = is_new_database(path);
+    let new = is_new_database(path).map_err(|source| StoreError::Dir {
+        path: path.display().to_string(),
+        source,
+    })?;
     let db = open_db(path)?;
     if new && mib_per_file > 0 {
         let began = std::time::Instant::now();
@@ -47,8 +54,8 @@ pub(crate) fn open(path: &Path, mib_per_file: usize) -> Result<Arc<DB>, StoreErr
 }
 
 /// True when `path` holds no database yet (RocksDB's `CURRENT` file is written at creation).
-pub(crate) fn is_new_database(path: &Path) -> bool {
-    !path.join("CURRENT").exists()
+pub(crate) fn is_new_database(path: &Path) -> std::io::Result<bool> {
+    Ok(!path.join("CURRENT").try_exists()?)
 }
 
 /// Writes two write-ahead-log files of `mib_per_file` MiB each, syncs them, and flushes the
@@ -94,12 +101,29 @@ pub(crate) fn clear_leftover(db: &DB) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
-    fn wal_files(dir: &Path) -> Vec<u64> {
-        let mut sizes: Vec<u64> = std::fs::read_dir(dir)
+    fn wal_numbers_and_sizes(dir: &Path) -> Vec<(u64, u64)> {
+        std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .filter(|p| p.extension().is_some_and(|x| x == "log"))
-            .map(|p| p.metadata().unwrap().len())
+            .map(|p| {
+                let number = p.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+                (number, p.metadata().unwrap().len())
+            })
+            .collect()
+    }
+
+    fn wal_numbers(dir: &Path) -> Vec<u64> {
+        wal_numbers_and_sizes(dir)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    fn wal_files(dir: &Path) -> Vec<u64> {
+        let mut sizes: Vec<u64> = wal_numbers_and_sizes(dir)
+            .into_iter()
+            .map(|(_, s)| s)
             .collect();
         sizes.sort();
         sizes
@@ -109,9 +133,9 @@ mod tests {
     fn a_new_database_gets_two_full_log_files_and_no_leftover_key() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("db");
-        assert!(is_new_database(&path));
+        assert!(is_new_database(&path).unwrap());
         let db = open_db(&path).unwrap();
-        assert!(!is_new_database(&path));
+        assert!(!is_new_database(&path).unwrap());
         prewrite(&db, 4).unwrap();
         let sizes = wal_files(&path);
         assert_eq!(sizes.len(), 2, "write-ahead-log files: {sizes:?}");
@@ -124,6 +148,27 @@ mod tests {
         db.put_cf_opt(cf(&db, CF_META), b"k", b"v", &crate::store::synced())
             .unwrap();
         assert_eq!(wal_files(&path), sizes);
+    }
+
+    #[test]
+    fn open_prewrites_a_new_database_only_and_clears_a_leftover_fill() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("db");
+        let db = open(&path, 4).unwrap();
+        assert_eq!(wal_files(&path).len(), 2);
+        let newest = wal_numbers(&path).into_iter().max().unwrap();
+        // A crash in the middle of a prewrite leaves the key behind.
+        db.put_cf(cf(&db, CF_META), KEY_FILL, b"junk").unwrap();
+        drop(db);
+        let db = open(&path, 4).unwrap();
+        assert!(db.get_cf(cf(&db, CF_META), KEY_FILL).unwrap().is_none());
+        // Not prewritten again: no file newer than the first run's holds 4 MiB.
+        for (number, size) in wal_numbers_and_sizes(&path) {
+            assert!(
+                number <= newest || size < 4 << 20,
+                "file {number}: {size} bytes"
+            );
+        }
     }
 
     #[test]

@@ -92,7 +92,10 @@ fn config(dir: &Path) -> LogConfig {
         amqp_addr: "127.0.0.1:5672".into(),
         zone: "test-a".into(),
     };
-    LogConfig::new(1, dir, node)
+    let mut config = LogConfig::new(1, dir, node);
+    // 140 MiB of writes per new node; `wal_prewrite`'s own tests cover it.
+    config.wal_prewrite_mib = 0;
+    config
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
