@@ -118,9 +118,9 @@ fn full_wal_files(data_dir: &std::path::Path, min: u64) -> usize {
 /// The crash test: publishers with confirms run while the broker is SIGKILLed; after a
 /// restart on the same data directory every confirmed message is there (at least once) and
 /// nothing that was never published appears. The node runs with the default prewritten
-/// write-ahead log (70 MiB a file; the suite turns it off elsewhere), so the confirmed writes land in reused
-/// files that still hold the prewrite's bytes after them, and recovery must stop at the last
-/// real record.
+/// write-ahead log (70 MiB a file; the suite turns it off elsewhere), so the confirmed writes
+/// land in reused files that still hold the prewrite's bytes after them, and recovery must
+/// stop at the last real record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_confirmed_publishing_loses_nothing_confirmed() {
     let mut broker = Broker::start_with(&["--wal-prewrite-mib", "70"]);

@@ -101,11 +101,9 @@ pub struct LogConfig {
 /// 154-165k either way, b 281-300k), so it keeps one (docs/benchmarks.md, session 21).
 pub const CLUSTER_ENTRIES_IN_FLIGHT: usize = 2;
 
-/// MiB prewritten into each of a new database's first two write-ahead-log files.
-pub const DEFAULT_WAL_PREWRITE_MIB: usize = crate::wal_prewrite::DEFAULT_MIB_PER_FILE;
-/// The most that makes sense: past it each family's half would fill its 64 MiB memtable,
-/// which switches files in the middle of one.
-pub const MAX_WAL_PREWRITE_MIB: usize = crate::wal_prewrite::MAX_MIB_PER_FILE;
+pub use crate::wal_prewrite::{
+    DEFAULT_MIB_PER_FILE as DEFAULT_WAL_PREWRITE_MIB, MAX_MIB_PER_FILE as MAX_WAL_PREWRITE_MIB,
+};
 
 /// Log entries kept after a snapshot, for a follower slightly behind. Entries, not bytes
 /// (openraft counts them): 200 of g's entries are about 11 MB, a third of a second of its log.

@@ -9,12 +9,12 @@
 //! 37-45k after (docs/benchmarks.md, session 21).
 //!
 //! [`prewrite`] fills two files with throwaway writes to one key of the meta and state
-//! families, synced, and has RocksDB release them, so the first real writes already go into reused files. It
-//! runs once, on a database that did not exist before; a restarted node replays its log and
-//! starts a new file as RocksDB always does.
+//! families, synced, and has RocksDB release them, so the first real writes already go into
+//! reused files. It runs once, on a database that did not exist before; a restarted node
+//! replays its log and starts a new file as RocksDB always does.
 
 use crate::store::{cf, open_db, StoreError, CF_META, CF_SM};
-use rocksdb::{FlushOptions, WriteOptions, DB};
+use rocksdb::{FlushOptions, DB};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -54,19 +54,18 @@ pub(crate) fn open(path: &Path, mib_per_file: usize) -> Result<Arc<DB>, StoreErr
 }
 
 /// True when `path` holds no database yet (RocksDB's `CURRENT` file is written at creation).
-pub(crate) fn is_new_database(path: &Path) -> std::io::Result<bool> {
+fn is_new_database(path: &Path) -> std::io::Result<bool> {
     Ok(!path.join("CURRENT").try_exists()?)
 }
 
 /// Writes two write-ahead-log files of `mib_per_file` MiB each, syncs them, and flushes the
 /// families so RocksDB releases them into its list of files to reuse.
-pub(crate) fn prewrite(db: &DB, mib_per_file: usize) -> Result<(), StoreError> {
+fn prewrite(db: &DB, mib_per_file: usize) -> Result<(), StoreError> {
     let chunk = vec![0u8; 1 << 20];
     // Half into each small family: a family's memtable reaching its 64 MiB limit would flush
     // and switch files in the middle of one.
+    // Unsynced writes (RocksDB's default); one sync of the whole file at the end.
     let families = [cf(db, CF_META), cf(db, CF_SM)];
-    let mut unsynced = WriteOptions::default();
-    unsynced.set_sync(false);
     let mut flush = FlushOptions::default();
     flush.set_wait(true);
     let all: Vec<_> = crate::store::COLUMN_FAMILIES
@@ -77,10 +76,11 @@ pub(crate) fn prewrite(db: &DB, mib_per_file: usize) -> Result<(), StoreError> {
     // second switches into the first and frees the second.
     for _ in 0..2 {
         for i in 0..mib_per_file {
-            db.put_cf_opt(families[i % 2], KEY_FILL, &chunk, &unsynced)?;
+            db.put_cf(families[i % 2], KEY_FILL, &chunk)?;
         }
-        db.delete_cf_opt(cf(db, CF_META), KEY_FILL, &unsynced)?;
-        db.delete_cf_opt(cf(db, CF_SM), KEY_FILL, &unsynced)?;
+        for family in families {
+            db.delete_cf(family, KEY_FILL)?;
+        }
         db.flush_wal(true)?;
         db.flush_cfs_opt(&all, &flush)?;
     }
@@ -88,7 +88,7 @@ pub(crate) fn prewrite(db: &DB, mib_per_file: usize) -> Result<(), StoreError> {
 }
 
 /// Deletes the throwaway key if a crash cut a prewrite short and left it in the database.
-pub(crate) fn clear_leftover(db: &DB) -> Result<(), StoreError> {
+fn clear_leftover(db: &DB) -> Result<(), StoreError> {
     for family in [CF_META, CF_SM] {
         if db.get_pinned_cf(cf(db, family), KEY_FILL)?.is_some() {
             db.delete_cf(cf(db, family), KEY_FILL)?;
@@ -110,13 +110,6 @@ mod tests {
                 let number = p.file_stem().unwrap().to_str().unwrap().parse().unwrap();
                 (number, p.metadata().unwrap().len())
             })
-            .collect()
-    }
-
-    fn wal_numbers(dir: &Path) -> Vec<u64> {
-        wal_numbers_and_sizes(dir)
-            .into_iter()
-            .map(|(n, _)| n)
             .collect()
     }
 
@@ -156,7 +149,11 @@ mod tests {
         let path = tmp.path().join("db");
         let db = open(&path, 4).unwrap();
         assert_eq!(wal_files(&path).len(), 2);
-        let newest = wal_numbers(&path).into_iter().max().unwrap();
+        let newest = wal_numbers_and_sizes(&path)
+            .into_iter()
+            .map(|(number, _)| number)
+            .max()
+            .unwrap();
         // A crash in the middle of a prewrite leaves the key behind.
         db.put_cf(cf(&db, CF_META), KEY_FILL, b"junk").unwrap();
         drop(db);
