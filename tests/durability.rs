@@ -286,3 +286,99 @@ async fn unconfirmed_persistent_messages_once_delivered_survive_sigkill() {
         assert!(m.delivery.redelivered, "delivered before the crash");
     }
 }
+
+/// A standalone node leaves the bodies of transient messages out of its log where its restart
+/// drops them anyway (raft/src/left_out_bodies.rs), but not those of a queue that dead-letters:
+/// dead-lettered into a quorum queue declared after they were published, they are kept by it
+/// across a SIGKILL and come back whole. The ones left in a plain classic queue are dropped,
+/// not delivered with a body the log does not have.
+#[tokio::test]
+async fn transient_messages_dead_lettered_into_a_later_quorum_queue_survive_sigkill_whole() {
+    use lapin::types::AMQPValue;
+    let mut broker = Broker::start();
+    let body = |i: u32| {
+        let mut b = format!("transient {i} ").into_bytes();
+        b.resize(2000, b'a' + (i % 26) as u8);
+        b
+    };
+    {
+        let (_c, ch) = broker.channel().await;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let mut dead_letter = FieldTable::default();
+        dead_letter.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
+        dead_letter.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString("qq".into()),
+        );
+        ch.queue_declare("cq".into(), durable, dead_letter)
+            .await
+            .unwrap();
+        ch.queue_declare("stays".into(), durable, FieldTable::default())
+            .await
+            .unwrap();
+        for i in 0..50u32 {
+            for queue in ["cq", "stays"] {
+                ch.basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &body(i),
+                    BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let mut quorum = FieldTable::default();
+        quorum.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare("qq".into(), durable, quorum)
+            .await
+            .unwrap();
+        for i in 0..50u32 {
+            let m = get_one(&ch, "cq", false).await.expect("a message in cq");
+            assert_eq!(m.delivery.data, body(i));
+            ch.basic_reject(
+                m.delivery.delivery_tag,
+                BasicRejectOptions { requeue: false },
+            )
+            .await
+            .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while message_count(&ch, "qq").await < 50 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dead-lettered into qq"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(message_count(&ch, "stays").await, 50);
+    }
+    broker.kill();
+    broker.restart();
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(
+        message_count(&ch, "stays").await,
+        0,
+        "dropped by the restart"
+    );
+    assert_eq!(message_count(&ch, "cq").await, 0);
+    assert_eq!(message_count(&ch, "qq").await, 50);
+    for i in 0..50u32 {
+        let m = get_one(&ch, "qq", true).await.expect("a message in qq");
+        assert_eq!(
+            m.delivery.data,
+            body(i),
+            "message {i} whole after the restart"
+        );
+    }
+}

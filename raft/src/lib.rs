@@ -25,6 +25,7 @@
 //! The broker knows none of this: it sees a `Proposer` and an `EffectSink`.
 
 pub mod cluster;
+mod left_out_bodies;
 pub mod lock;
 mod log_reclaim;
 mod log_writer;

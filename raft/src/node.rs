@@ -7,6 +7,7 @@
 //! detection are in `cluster.rs`.
 
 use crate::cluster::{self, ClusterAdmin};
+use crate::left_out_bodies::KEY_LEFT_OUT;
 use crate::lock::{DataDirLock, LockError};
 use crate::network::TcpNetwork;
 use crate::proposer::{BatchLimits, Batcher, Control, Router};
@@ -671,7 +672,27 @@ impl LogNode {
     /// Announces a life of this process (`NodeStarted { node, epoch, drop_transient }`) and
     /// returns once it is applied: every connection of this node's earlier lives is gone from
     /// the state, and batches of this life are taken. Needs the proposer running.
+    ///
+    /// A log that left transient bodies out (`left_out_bodies`, a lone node's) drops transient
+    /// messages whatever `drop_transient` says: their bodies are not in it. A node that cannot
+    /// be lone (it listens for peers) then forgets that mark, since it never leaves bodies out.
     pub async fn start_life(&self, epoch: u64, drop_transient: bool) -> Result<(), ProposeError> {
+        let meta = crate::store::cf(&self.db, crate::store::CF_META);
+        let left_out = matches!(self.db.get_pinned_cf(meta, KEY_LEFT_OUT), Ok(Some(_)));
+        let drop_transient = drop_transient || left_out;
+        self.new_life(epoch, drop_transient).await?;
+        if left_out && self.config.raft_listen.is_some() {
+            if let Err(e) = self
+                .db
+                .delete_cf_opt(meta, KEY_LEFT_OUT, &crate::store::synced())
+            {
+                tracing::warn!(error = %e, "could not clear the mark of left-out transient bodies; the next start drops transient messages again");
+            }
+        }
+        Ok(())
+    }
+
+    async fn new_life(&self, epoch: u64, drop_transient: bool) -> Result<(), ProposeError> {
         let (done, result) = oneshot::channel();
         self.control
             .send(Control::NewLife {

@@ -9,6 +9,7 @@
 //! openraft replays the committed log after it, so a restart rebuilds exactly the state the
 //! node had. This file does no networking and knows no membership rules.
 
+use crate::left_out_bodies::LeftOutBodies;
 use crate::snapshot_files::SnapshotFiles;
 use crate::store::{cf, decode_meta, encode_meta, synced, StoreError, CF_SM};
 use crate::types::{
@@ -462,7 +463,8 @@ pub(crate) fn open_stores(
     sink: Arc<dyn EffectSink>,
 ) -> Result<(crate::store::LogStore, StateMachineStore), StoreError> {
     let sm = StateMachineStore::open(db.clone(), sink.clone())?;
-    Ok((crate::store::LogStore::new(db, sink)?, sm))
+    let left_out = Arc::new(LeftOutBodies::new(sm.applied()));
+    Ok((crate::store::LogStore::new(db, sink, left_out)?, sm))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! `RaftLogReader`); the state machine lives in `state_machine.rs`. Nothing here knows about
 //! membership or the network, so the same store serves a one-member group and a cluster.
 
+use crate::left_out_bodies::{self, LeftOut, LeftOutBodies, KEY_LEFT_OUT};
 use crate::log_writer::{Done, LogWriter, NotWritten};
 use crate::recent_log::{RecentLimits, RecentLog};
 use crate::types::{LogEntry, LogId, NodeInfo, StorageError, TypeConfig, Vote};
@@ -47,6 +48,9 @@ const LOG_FORMAT_VERSION: u8 = 1;
 const KIND_BLANK: u8 = 0;
 const KIND_NORMAL: u8 = 1;
 const KIND_MEMBERSHIP: u8 = 2;
+/// A normal entry with the bodies of some transient publishes left out (`left_out_bodies`):
+/// the list of (command, body length), then the batch.
+const KIND_NORMAL_BODIES_LEFT_OUT: u8 = 3;
 
 /// Why the stores could not be opened.
 #[derive(Debug, Error)]
@@ -180,14 +184,16 @@ pub(crate) fn key_index(key: &[u8]) -> Result<u64, StoreError> {
 #[cfg(test)]
 pub(crate) fn encode_log_entry(entry: &LogEntry) -> Result<Vec<u8>, postcard::Error> {
     let mut out = Vec::new();
-    encode_log_entry_into(entry, &mut out)?;
+    encode_log_entry_into(entry, &Vec::new(), &mut out)?;
     Ok(out)
 }
 
 /// [`encode_log_entry`] into `out`, which is cleared first and keeps its capacity: the log
-/// store encodes every append into one buffer instead of growing a fresh one per entry.
+/// store encodes every append into one buffer instead of growing a fresh one per entry. The
+/// bodies listed in `left_out` are left out (`left_out_bodies`).
 pub(crate) fn encode_log_entry_into(
     entry: &LogEntry,
+    left_out: &LeftOut,
     out: &mut Vec<u8>,
 ) -> Result<(), postcard::Error> {
     let mut buf = std::mem::take(out);
@@ -196,9 +202,14 @@ pub(crate) fn encode_log_entry_into(
     buf = postcard::to_extend(&entry.log_id, buf)?;
     match &entry.payload {
         EntryPayload::Blank => buf.push(KIND_BLANK),
-        EntryPayload::Normal(batch) => {
+        EntryPayload::Normal(batch) if left_out.is_empty() => {
             buf.push(KIND_NORMAL);
             buf = batch.encode_into(buf);
+        }
+        EntryPayload::Normal(batch) => {
+            buf.push(KIND_NORMAL_BODIES_LEFT_OUT);
+            buf = postcard::to_extend(left_out, buf)?;
+            buf = left_out_bodies::without_bodies(batch, left_out).encode_into(buf);
         }
         EntryPayload::Membership(membership) => {
             buf.push(KIND_MEMBERSHIP);
@@ -227,6 +238,15 @@ pub(crate) fn decode_log_entry(bytes: &[u8]) -> Result<LogEntry, StoreError> {
         Some((&KIND_NORMAL, batch)) => EntryPayload::Normal(Arc::new(
             CommandBatch::decode(batch).map_err(|e| StoreError::corrupt("command batch", e))?,
         )),
+        Some((&KIND_NORMAL_BODIES_LEFT_OUT, rest)) => {
+            let (left_out, batch): (LeftOut, &[u8]) = postcard::take_from_bytes(rest)
+                .map_err(|e| StoreError::corrupt("list of left-out bodies", e))?;
+            let mut batch =
+                CommandBatch::decode(batch).map_err(|e| StoreError::corrupt("command batch", e))?;
+            left_out_bodies::zero_bodies(&mut batch, &left_out)
+                .map_err(|e| StoreError::corrupt("list of left-out bodies", e))?;
+            EntryPayload::Normal(Arc::new(batch))
+        }
         Some((&KIND_MEMBERSHIP, m)) => {
             let membership: Membership<NodeId, NodeInfo> =
                 postcard::from_bytes(m).map_err(|e| StoreError::corrupt("membership entry", e))?;
@@ -326,6 +346,10 @@ impl SyncPolicy {
         self.lone.store(lone, Ordering::Relaxed);
     }
 
+    pub(crate) fn is_lone(&self) -> bool {
+        self.lone.load(Ordering::Relaxed)
+    }
+
     /// How an append of `entries` is written. A membership of more than one node ends the
     /// lone mode for good (this open), before its own entry is written.
     pub(crate) fn durability(&self, entries: &[LogEntry]) -> Durability {
@@ -365,6 +389,7 @@ pub struct LogStore {
     purged: Arc<Mutex<Option<LogId>>>,
     sync: Arc<SyncPolicy>,
     encoded: EncodeBuffer,
+    left_out: Arc<LeftOutBodies>,
 }
 
 /// The buffer that `append` encodes entries into before RocksDB copies them into its write
@@ -383,7 +408,11 @@ impl Clone for EncodeBuffer {
 
 impl LogStore {
     /// The log store on `db`; `sink` hears which entries are durable (`EffectSink::durable`).
-    pub(crate) fn new(db: Arc<DB>, sink: Arc<dyn EffectSink>) -> Result<LogStore, StoreError> {
+    pub(crate) fn new(
+        db: Arc<DB>,
+        sink: Arc<dyn EffectSink>,
+        left_out: Arc<LeftOutBodies>,
+    ) -> Result<LogStore, StoreError> {
         let recent = Arc::new(Mutex::new(RecentLog::new(RecentLimits::default())));
         let writer = LogWriter::start(db.clone(), recent.clone(), sink)?;
         let purged: Option<LogId> = read_meta(&db, KEY_LAST_PURGED, "last purged log id")?;
@@ -394,6 +423,7 @@ impl LogStore {
             purged: Arc::new(Mutex::new(purged)),
             sync: Arc::default(),
             encoded: EncodeBuffer::default(),
+            left_out,
         })
     }
 
@@ -426,9 +456,19 @@ impl LogStore {
     fn encode_batch(&mut self, entries: &[LogEntry]) -> Result<WriteBatch, StorageError> {
         let mut batch = WriteBatch::default();
         let logs = cf(&self.db, CF_LOGS);
+        let plan = self.left_out.plan(entries, self.sync.is_lone());
         let value = &mut self.encoded.0;
-        for entry in entries {
-            encode_log_entry_into(entry, value)
+        let whole = Vec::new();
+        for entry in &plan.rewrite {
+            encode_log_entry_into(entry, &whole, value)
+                .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
+            batch.put_cf(logs, index_key(entry.log_id.index), &value[..]);
+        }
+        if plan.leaves_out() {
+            batch.put_cf(cf(&self.db, CF_META), KEY_LEFT_OUT, [1u8]);
+        }
+        for (entry, left_out) in entries.iter().zip(&plan.left_out) {
+            encode_log_entry_into(entry, left_out, value)
                 .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
             batch.put_cf(logs, index_key(entry.log_id.index), &value[..]);
         }
@@ -473,6 +513,8 @@ impl LogStore {
 
     fn read_range(&self, start: u64, end: Bound<u64>) -> Result<Vec<LogEntry>, StoreError> {
         let mut entries = Vec::new();
+        // Entries whose bodies this run left out are read whole from memory.
+        let kept = self.left_out.any_kept();
         let from = index_key(start);
         for item in self.db.iterator_cf(
             cf(&self.db, CF_LOGS),
@@ -489,6 +531,10 @@ impl LogStore {
                 break;
             }
             // The value becomes the buffer its bodies are slices of (`shared_bytes`).
+            if let Some(whole) = kept.then(|| self.left_out.whole(index)).flatten() {
+                entries.push(whole);
+                continue;
+            }
             let value = Bytes::from(value);
             entries.push(shared_bytes::decode_from(&value, decode_log_entry)?);
         }
@@ -669,6 +715,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         );
         batch.delete_cf(cf(&self.db, CF_LOGS), index_key(u64::MAX));
         self.recent().truncate_from(log_id.index);
+        self.left_out.truncated(log_id.index);
         self.writer
             .write(batch, true)
             .await
@@ -694,6 +741,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         self.recent().purge_upto(log_id.index);
+        self.left_out.purged(log_id.index);
         self.writer
             .purge(batch, log_id.index)
             .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e))
@@ -850,7 +898,7 @@ mod tests {
     fn a_rebuilt_batch_holds_the_same_bytes_as_the_first() {
         let tmp = tempfile::tempdir().unwrap();
         let db = open_db(&tmp.path().join("db")).unwrap();
-        let mut store = LogStore::new(db, Arc::new(DiscardEffects)).unwrap();
+        let mut store = LogStore::new(db, Arc::new(DiscardEffects), no_state()).unwrap();
         let entries: Vec<LogEntry> = (5..8)
             .map(|index| LogEntry {
                 log_id: log_id(2, index),
@@ -879,6 +927,181 @@ mod tests {
         );
     }
 
+    fn test_channel() -> raftmq_broker::ids::ChannelRef {
+        raftmq_broker::ids::ChannelRef {
+            conn: raftmq_broker::ids::ConnId {
+                node: 1,
+                epoch: 1,
+                seq: 1,
+            },
+            number: 1,
+            generation: 0,
+        }
+    }
+
+    fn declare(queue: &str, argument: Option<(&str, &str)>) -> Command {
+        let mut arguments = amq_protocol::types::FieldTable::default();
+        if let Some((key, value)) = argument {
+            arguments.insert(
+                key.into(),
+                amq_protocol::types::AMQPValue::LongString(value.into()),
+            );
+        }
+        Command::QueueDeclare {
+            ch: test_channel(),
+            queue: queue.into(),
+            server_named: false,
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments,
+        }
+    }
+
+    fn publish(queue: &str, body: &'static [u8], persistent: bool) -> Command {
+        use raftmq_broker::machine::command::{Publish, PublishedMessage};
+        Command::Publish {
+            ch: test_channel(),
+            publish: Publish {
+                exchange: String::new(),
+                routing_key: queue.into(),
+                mandatory: false,
+                confirm_seq: None,
+                message: PublishedMessage {
+                    properties: Bytes::from_static(&[0, 0]),
+                    body: Bytes::from_static(body),
+                    persistent,
+                    priority: 0,
+                    expiration_ms: None,
+                },
+            },
+        }
+    }
+
+    fn normal(index: u64, commands: Vec<Command>) -> LogEntry {
+        LogEntry {
+            log_id: log_id(1, index),
+            payload: EntryPayload::Normal(Arc::new(CommandBatch {
+                now_ms: 1,
+                commands,
+                origin: None,
+            })),
+        }
+    }
+
+    fn bodies_of(entry: &LogEntry) -> Vec<Vec<u8>> {
+        let EntryPayload::Normal(batch) = &entry.payload else {
+            panic!("not a normal entry: {entry:?}");
+        };
+        batch
+            .commands
+            .iter()
+            .map(|c| match c {
+                Command::Publish { publish, .. } => publish.message.body.to_vec(),
+                other => panic!("not a publish: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn no_state() -> Arc<LeftOutBodies> {
+        Arc::new(LeftOutBodies::new(Arc::default()))
+    }
+
+    /// A lone node writes only the length of a transient body that no restart needs (the
+    /// message can reach only classic queues that do not dead-letter): reads in the same run
+    /// get the whole entry from memory, a new run reads zeros of that length, and the mark
+    /// that makes the next start drop transient messages is set. Not while a declaration it
+    /// has not applied yet may add a route.
+    #[tokio::test]
+    async fn a_lone_node_leaves_out_the_transient_bodies_no_restart_needs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = open_db(&tmp.path().join("db")).unwrap();
+        let applied: Arc<std::sync::RwLock<crate::state_machine::Applied>> = Arc::default();
+        let left_out = Arc::new(LeftOutBodies::new(applied.clone()));
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects), left_out).unwrap();
+        let write = |store: &mut LogStore, entry: &LogEntry| {
+            let batch = store.encode_batch(std::slice::from_ref(entry)).unwrap();
+            db.write(batch).unwrap();
+        };
+        let apply = |entry: &LogEntry| {
+            let mut applied = applied.write().unwrap();
+            if let EntryPayload::Normal(batch) = &entry.payload {
+                applied.state.apply(entry.log_id.index, batch);
+            }
+            applied.last_applied = Some(entry.log_id);
+        };
+        let stored = |index: u64| {
+            let value = db
+                .get_cf(cf(&db, CF_LOGS), index_key(index))
+                .unwrap()
+                .unwrap();
+            bodies_of(&decode_log_entry(&value).unwrap())
+        };
+        let marked = || db.get_cf(cf(&db, CF_META), KEY_LEFT_OUT).unwrap().is_some();
+
+        let setup = normal(
+            1,
+            vec![
+                declare("plain", None),
+                declare("dead-letters", Some(("x-dead-letter-exchange", ""))),
+                declare("quorum", Some(("x-queue-type", "quorum"))),
+            ],
+        );
+        write(&mut store, &setup);
+        apply(&setup);
+
+        // Not lone: whole.
+        write(
+            &mut store,
+            &normal(2, vec![publish("plain", b"two", false)]),
+        );
+        assert_eq!(stored(2), [b"two"]);
+        assert!(!marked());
+
+        store.sync.set_lone(true);
+        let three = normal(
+            3,
+            vec![
+                publish("plain", b"three", false),
+                publish("plain", b"kept", true),
+                publish("dead-letters", b"dl", false),
+                publish("quorum", b"qq", false),
+            ],
+        );
+        write(&mut store, &three);
+        assert_eq!(
+            stored(3),
+            [&[0u8; 5][..], b"kept", b"dl", b"qq"],
+            "only the transient body bound for a plain classic queue is left out, as zeros"
+        );
+        assert!(marked());
+        let read = store.try_get_log_entries(3..4).await.unwrap();
+        assert_eq!(read, [three], "whole from memory in this run");
+
+        // A declaration not yet applied may add a route: nothing is left out until it is.
+        let four = normal(4, vec![declare("later", None)]);
+        write(&mut store, &four);
+        write(
+            &mut store,
+            &normal(5, vec![publish("plain", b"five", false)]),
+        );
+        assert_eq!(stored(5), [b"five"]);
+        apply(&four);
+        write(
+            &mut store,
+            &normal(6, vec![publish("plain", b"six", false)]),
+        );
+        assert_eq!(stored(6), [[0u8; 3]]);
+        drop(store);
+
+        // A new run reads the zeros.
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects), no_state()).unwrap();
+        let read = store.try_get_log_entries(6..7).await.unwrap();
+        assert_eq!(bodies_of(&read[0]), [[0u8; 3]]);
+    }
+
     /// Reads and the log state start after a purge, also after the store is opened again. Its record is written only once the stored
     /// snapshot covers it.
     #[tokio::test]
@@ -898,7 +1121,7 @@ mod tests {
             entries.iter().map(|e| e.log_id.index).collect()
         };
 
-        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects), no_state()).unwrap();
         store_snapshot_meta(&db, 4);
         store.purge(log_id(1, 6)).await.unwrap();
         assert_eq!(
@@ -916,7 +1139,7 @@ mod tests {
         );
         drop(store);
 
-        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects), no_state()).unwrap();
         assert_eq!(
             indexes(store.try_get_log_entries(3..9).await.unwrap()),
             [7, 8]
@@ -931,7 +1154,7 @@ mod tests {
 
         // Everything purged, the entries still stored: the log is empty, and its last id is
         // the last purged one.
-        let mut store = LogStore::new(db, Arc::new(DiscardEffects)).unwrap();
+        let mut store = LogStore::new(db, Arc::new(DiscardEffects), no_state()).unwrap();
         assert!(store.try_get_log_entries(0..).await.unwrap().is_empty());
         let state = store.get_log_state().await.unwrap();
         assert_eq!(state.last_log_id, Some(log_id(1, 10)));
@@ -947,12 +1170,12 @@ mod tests {
         let committed = |db: &DB| -> Option<Option<LogId>> {
             read_meta(db, KEY_COMMITTED, "committed log id").unwrap()
         };
-        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects), no_state()).unwrap();
         store.save_committed(Some(log_id(1, 3))).await.unwrap();
         drop(store);
         assert_eq!(committed(&db), Some(Some(log_id(1, 3))), "written at close");
 
-        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects)).unwrap();
+        let mut store = LogStore::new(db.clone(), Arc::new(DiscardEffects), no_state()).unwrap();
         assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 3)));
         store.save_committed(Some(log_id(1, 4))).await.unwrap();
         store.save_vote(&Vote::new(1, 1)).await.unwrap();

@@ -64,6 +64,21 @@ impl Entry {
         self.commands.iter().all(Command::is_volatile)
     }
 
+    /// Whether any command may add a route for a message: declares a queue or an exchange,
+    /// or binds one. (Deleting or unbinding only takes routes away; where that sends a message
+    /// to an alternate exchange, `State::transient_may_outlive_restart` already says so.)
+    pub fn may_add_routes(&self) -> bool {
+        self.commands.iter().any(|c| {
+            matches!(
+                c,
+                Command::QueueDeclare { .. }
+                    | Command::QueueBind { .. }
+                    | Command::ExchangeDeclare { .. }
+                    | Command::ExchangeBind { .. }
+            )
+        })
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         self.encode_into(Vec::new())
     }

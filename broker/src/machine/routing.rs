@@ -220,6 +220,43 @@ impl State {
         queues
     }
 
+    /// Whether a transient message published to `exchange` with `routing_key` could outlive a
+    /// restart that drops the transient messages of classic queues: it would reach a quorum
+    /// queue (which keeps them) or a queue that dead-letters (into one that might), or its
+    /// exchange could send it elsewhere once its queues go (an alternate exchange, or a binding
+    /// to another exchange). Conservative: `true` whenever it is not plainly `false`. It answers
+    /// for this state; a caller acting on it ahead of `apply` must know that no command that
+    /// adds routes ([`Entry::may_add_routes`](super::command::Entry::may_add_routes)) comes
+    /// first.
+    pub fn transient_may_outlive_restart(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &[u8],
+    ) -> bool {
+        if !exchange.is_empty() {
+            let Some(x) = self.exchanges.get(exchange) else {
+                // Publishing to a missing exchange is a channel error: nothing is routed.
+                return false;
+            };
+            let to_exchange = x.bindings.values().any(|by_dest| {
+                by_dest
+                    .keys()
+                    .any(|d| matches!(d, Destination::Exchange(_)))
+            });
+            if x.alternate_exchange.is_some() || to_exchange {
+                return true;
+            }
+        }
+        self.route(exchange, routing_key, properties)
+            .iter()
+            .any(|id| {
+                self.queues
+                    .get(id)
+                    .is_none_or(|q| q.args.quorum || q.args.dead_letter_exchange.is_some())
+            })
+    }
+
     fn take<'s>(
         &'s self,
         dest: &'s Destination,

@@ -2341,3 +2341,70 @@ fn only_entries_without_promises_are_volatile() {
         );
     }
 }
+
+/// What a lone node's log may leave out (raft `left_out_bodies`): the body of a transient
+/// message that can reach only classic queues that do not dead-letter. A quorum queue, a queue
+/// with a dead-letter exchange, an alternate exchange or a binding to another exchange on the
+/// way means the message could outlive a restart.
+#[test]
+fn transient_messages_outlive_a_restart_only_through_quorum_queues_or_detours() {
+    let mut b = Broker::new();
+    b.queue(C, "plain");
+    b.one(declare_queue(
+        chan(1, 2),
+        "dead-letters",
+        table(&[("x-dead-letter-exchange", s(""))]),
+    ));
+    let mut quorum = declare_queue(chan(1, 3), "qq", table(&[("x-queue-type", s("quorum"))]));
+    if let Command::QueueDeclare { durable, .. } = &mut quorum {
+        *durable = true;
+    }
+    assert_eq!(err_code(&b.one(quorum)), 0);
+    b.one(declare_exchange(C, "fan", "fanout"));
+    b.one(bind(C, "plain", "fan", ""));
+    b.one(declare_exchange_args(
+        C,
+        "with-ae",
+        "direct",
+        table(&[("alternate-exchange", s("fan"))]),
+    ));
+    b.one(declare_exchange(C, "to-exchange", "direct"));
+    b.one(Command::ExchangeBind {
+        ch: C,
+        destination: "fan".into(),
+        source: "to-exchange".into(),
+        routing_key: "k".into(),
+        nowait: false,
+        arguments: FieldTable::default(),
+    });
+    let outlives = |b: &Broker, exchange: &str, key: &str| {
+        b.state
+            .transient_may_outlive_restart(exchange, key, &[0, 0])
+    };
+    assert!(!outlives(&b, "", "plain"));
+    assert!(!outlives(&b, "", "missing"), "dropped, unroutable");
+    assert!(!outlives(&b, "fan", ""));
+    assert!(
+        !outlives(&b, "no-such-exchange", ""),
+        "a channel error, not routed"
+    );
+    assert!(outlives(&b, "", "dead-letters"));
+    assert!(outlives(&b, "", "qq"));
+    assert!(outlives(&b, "with-ae", "x"));
+    assert!(outlives(&b, "to-exchange", "k"));
+    b.one(bind(C, "qq", "fan", ""));
+    assert!(outlives(&b, "fan", ""), "bound to a quorum queue now");
+
+    let declares = Entry {
+        now_ms: 0,
+        commands: vec![declare_queue(C, "new", FieldTable::default())],
+        origin: None,
+    };
+    assert!(declares.may_add_routes());
+    let publishes = Entry {
+        now_ms: 0,
+        commands: vec![publish_msg(C, "", "plain", message("m"), None, false)],
+        origin: None,
+    };
+    assert!(!publishes.may_add_routes());
+}
