@@ -382,3 +382,75 @@ async fn transient_messages_dead_lettered_into_a_later_quorum_queue_survive_sigk
         );
     }
 }
+
+/// A standalone node's data directory, whose log left transient bodies out, started with
+/// cluster settings: that first start drops the transient messages as a standalone restart
+/// would (their bodies are not in the log), and the next one keeps transient messages as a
+/// cluster node's restart does, so the mark went with that first start.
+#[tokio::test]
+async fn a_standalone_log_started_as_a_cluster_node_drops_its_transient_messages_once() {
+    let mut broker = Broker::start();
+    declare_durable(&broker.uri(), "q").await;
+    let publish_all = |ch: lapin::Channel, bodies: Vec<(Vec<u8>, u8)>| async move {
+        for (body, mode) in bodies {
+            ch.basic_publish(
+                "".into(),
+                "q".into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(mode),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let wait_count = |ch: lapin::Channel, want: u32| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n = message_count(&ch, "q").await;
+            if n == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} messages, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    {
+        let (_c, ch) = broker.channel().await;
+        let mut bodies: Vec<(Vec<u8>, u8)> =
+            (0..20).map(|i| (vec![b'0' + i as u8; 1500], 1)).collect();
+        bodies.push((b"persistent".to_vec(), 2));
+        publish_all(ch.clone(), bodies).await;
+        wait_count(ch, 21).await;
+    }
+    broker.kill();
+    let raft = free_port();
+    broker.restart_with(&["--raft-listen", &format!("127.0.0.1:{raft}")]);
+    {
+        let (_c, ch) = broker.channel().await;
+        assert_eq!(
+            message_count(&ch, "q").await,
+            1,
+            "the transient ones dropped"
+        );
+        let m = get_one(&ch, "q", true).await.expect("the persistent one");
+        assert_eq!(m.delivery.data, b"persistent");
+        publish_all(ch.clone(), vec![(b"again".to_vec(), 1); 5]).await;
+        wait_count(ch, 5).await;
+    }
+    broker.kill();
+    broker.restart();
+    let (_c, ch) = broker.channel().await;
+    assert_eq!(
+        message_count(&ch, "q").await,
+        5,
+        "a cluster node's restart keeps transient messages"
+    );
+    for _ in 0..5 {
+        let m = get_one(&ch, "q", true).await.expect("a message");
+        assert_eq!(m.delivery.data, b"again");
+    }
+}

@@ -13,6 +13,7 @@ use raftmq_broker::ids::NodeId;
 use raftmq_broker::machine::command::{Command, Entry};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -128,14 +129,23 @@ pub struct ClusterAdmin {
     raft: Raft,
     transport: Arc<Transport>,
     status: LogStatus,
+    /// Set while this node's log holds transient messages whose bodies it left out, until the
+    /// node's start drops them (`LogNode::start_life`): no member may be added meanwhile.
+    left_out_marked: Arc<AtomicBool>,
 }
 
 impl ClusterAdmin {
-    pub(crate) fn new(raft: Raft, transport: Arc<Transport>, status: LogStatus) -> ClusterAdmin {
+    pub(crate) fn new(
+        raft: Raft,
+        transport: Arc<Transport>,
+        status: LogStatus,
+        left_out_marked: Arc<AtomicBool>,
+    ) -> ClusterAdmin {
         ClusterAdmin {
             raft,
             transport,
             status,
+            left_out_marked,
         }
     }
 
@@ -208,6 +218,9 @@ impl ClusterAdmin {
                 serde_json::to_string(&self.local_status()).map_err(|e| e.to_string())
             }
             AdminRequest::AddVoter { node_id, node } => {
+                if self.left_out_marked.load(Ordering::Acquire) {
+                    return Err("this node is still starting (its log holds transient messages it is about to drop); try again in a moment".into());
+                }
                 tracing::info!(node_id, %node, "adding a member: as a learner first");
                 self.raft
                     .add_learner(node_id, node, true)

@@ -3,10 +3,10 @@
 //! RabbitMQ keeps a transient message of a classic queue in memory only, and a node restart
 //! drops it. A lone node (standalone, or the active one of a pair) restarts the same way: its
 //! `NodeStarted { drop_transient: true }` drops every transient message of a classic queue. So
-//! the body of such a message is never read back from its log, and writing it there cost the
-//! broker most of its time in a transient flood: the write batch, the write-ahead log, the
-//! memtable and the memtable's flush each copy it (scenario b, 1 KiB bodies: 255-275k
-//! consumed msg/s with the bodies written, 355-365k without; docs/benchmarks.md, session 22).
+//! the body of such a message is never read back from its log, and writing it there held back
+//! a transient flood: the write batch, the write-ahead log, the memtable and the memtable's
+//! flush each copy it, and the disk takes it all (scenario b, 1 KiB bodies: 260-305k consumed
+//! msg/s with the bodies written, 334-345k without; docs/benchmarks.md, session 22).
 //!
 //! **What is left out.** In an append made while the node is lone, the body of every publish
 //! (`Command::Publish`) of a transient message that can reach only classic queues that do not
@@ -25,7 +25,10 @@
 //! purged ([`LeftOutBodies::whole`]), and the log store's reads take it from there. An append
 //! that makes the membership larger than one node writes those kept entries again whole, in
 //! the same write batch, before it, so no other node can ever be sent a body of zeros from
-//! this run.
+//! this run. (A lone node has no listener for peers and refuses membership changes, so this
+//! is a guard, not a path in use.) The kept entries hold their bodies until the purge after
+//! the next snapshot: with a long queue, snapshots come after a quarter of the last one's
+//! size in log, so up to that much of consumed bodies stays in memory a while longer.
 //!
 //! **The restart that drops them.** Every write with a body left out also sets a mark in the
 //! meta column family ([`KEY_LEFT_OUT`]). A node whose log has it drops transient messages at
@@ -34,10 +37,12 @@
 //! them, on every node it is ever replicated to.
 
 use crate::state_machine::Applied;
+use crate::store::{cf, synced, CF_META};
 use crate::types::LogEntry;
 use openraft::EntryPayload;
 use raftmq_broker::machine::command::{Command, Entry as CommandBatch};
 use raftmq_broker::machine::State;
+use rocksdb::DB;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -90,7 +95,6 @@ impl LeftOutBodies {
     /// Decides how an append of `entries` is written on a node that is (or is not) lone, and
     /// keeps the entries it leaves bodies out of.
     pub(crate) fn plan(&self, entries: &[LogEntry], lone: bool) -> AppendPlan {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut plan = AppendPlan {
             rewrite: Vec::new(),
             left_out: vec![Vec::new(); entries.len()],
@@ -105,24 +109,29 @@ impl LeftOutBodies {
             }
         }
         if grows || adds_routes {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(last) = entries.last() {
                 inner.fence = inner.fence.max(last.log_id.index);
             }
-        }
-        if grows {
-            // Only entries before this append; an append over a kept one replaces it.
-            let first = entries.first().map_or(u64::MAX, |e| e.log_id.index);
-            inner.whole.retain(|&index, _| index < first);
-            plan.rewrite = std::mem::take(&mut inner.whole).into_values().collect();
+            if grows {
+                // Only entries before this append (an append over a kept one replaces it).
+                // They stay kept until purged: reads before this batch is written (a new
+                // member's catching up) still take them from memory.
+                let first = entries.first().map_or(u64::MAX, |e| e.log_id.index);
+                inner.whole.retain(|&index, _| index < first);
+                plan.rewrite = inner.whole.values().cloned().collect();
+            }
             return plan;
         }
-        if adds_routes || !lone {
+        if !lone {
             return plan;
         }
         // Waits for an apply in progress (pure computation, never for this store): skipping
         // the state while it was busy kept the bodies of a third of b's appends (321k consumed
-        // msg/s against 365k waiting).
+        // msg/s against 365k waiting). Taken before `inner`, so that reads of kept entries do
+        // not wait for an apply too.
         let applied = self.applied.read().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if applied.last_applied.map_or(0, |l| l.index) < inner.fence {
             return plan;
         }
@@ -160,6 +169,25 @@ impl LeftOutBodies {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.whole.split_off(&index);
     }
+}
+
+/// Whether the log of `db` has left bodies out since the mark was last cleared. A mark that
+/// cannot be read counts as set: the start that follows then drops transient messages, which
+/// loses nothing a restart keeps.
+pub(crate) fn marked(db: &DB) -> bool {
+    match db.get_pinned_cf(cf(db, CF_META), KEY_LEFT_OUT) {
+        Ok(mark) => mark.is_some(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the mark of left-out transient bodies; taking it as set");
+            true
+        }
+    }
+}
+
+/// Clears the mark, synced: for a node that never leaves bodies out, once its start has
+/// dropped the messages whose bodies its log left out.
+pub(crate) fn clear_mark(db: &DB) -> Result<(), rocksdb::Error> {
+    db.delete_cf_opt(cf(db, CF_META), KEY_LEFT_OUT, &synced())
 }
 
 /// The publishes of transient messages in `batch` whose bodies `state` says no restart needs,

@@ -7,7 +7,6 @@
 //! detection are in `cluster.rs`.
 
 use crate::cluster::{self, ClusterAdmin};
-use crate::left_out_bodies::KEY_LEFT_OUT;
 use crate::lock::{DataDirLock, LockError};
 use crate::network::TcpNetwork;
 use crate::proposer::{BatchLimits, Batcher, Control, Router};
@@ -26,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use thiserror::Error;
@@ -359,6 +358,9 @@ pub struct LogNode {
     tasks: Vec<JoinHandle<()>>,
     lock: DataDirLock,
     span: tracing::Span,
+    /// The log left transient bodies out (`left_out_bodies`) and this process has not started
+    /// the life that drops those messages yet.
+    left_out_marked: Arc<AtomicBool>,
 }
 
 impl LogNode {
@@ -455,10 +457,12 @@ impl LogNode {
             stats,
             syncs,
         };
+        let left_out_marked = Arc::new(AtomicBool::new(crate::left_out_bodies::marked(&db)));
         let admin = Arc::new(ClusterAdmin::new(
             raft.clone(),
             transport.clone(),
             status.clone(),
+            left_out_marked.clone(),
         ));
         let (stop, _) = watch::channel(false);
         let (done_tx, done_rx) = mpsc::channel(1);
@@ -512,6 +516,7 @@ impl LogNode {
             tasks,
             lock,
             span,
+            left_out_marked,
         };
         match node.become_ready(&sync_policy).await {
             Ok(()) => Ok(node),
@@ -676,18 +681,20 @@ impl LogNode {
     /// A log that left transient bodies out (`left_out_bodies`, a lone node's) drops transient
     /// messages whatever `drop_transient` says: their bodies are not in it. A node that cannot
     /// be lone (it listens for peers) then forgets that mark, since it never leaves bodies out.
+    /// Only the first life of the process looks at the mark: the later ones (after the cluster
+    /// declared this node lost) come after that drop.
     pub async fn start_life(&self, epoch: u64, drop_transient: bool) -> Result<(), ProposeError> {
-        let meta = crate::store::cf(&self.db, crate::store::CF_META);
-        let left_out = matches!(self.db.get_pinned_cf(meta, KEY_LEFT_OUT), Ok(Some(_)));
-        let drop_transient = drop_transient || left_out;
-        self.new_life(epoch, drop_transient).await?;
-        if left_out && self.config.raft_listen.is_some() {
-            if let Err(e) = self
-                .db
-                .delete_cf_opt(meta, KEY_LEFT_OUT, &crate::store::synced())
-            {
-                tracing::warn!(error = %e, "could not clear the mark of left-out transient bodies; the next start drops transient messages again");
+        let left_out = self.left_out_marked.load(Ordering::Acquire);
+        self.new_life(epoch, drop_transient || left_out).await?;
+        if left_out {
+            if self.config.raft_listen.is_some() {
+                crate::left_out_bodies::clear_mark(&self.db).map_err(|e| {
+                    ProposeError::Failed(format!(
+                        "cannot clear the mark of left-out transient bodies: {e}"
+                    ))
+                })?;
             }
+            self.left_out_marked.store(false, Ordering::Release);
         }
         Ok(())
     }
@@ -816,6 +823,7 @@ impl LogNode {
             tasks,
             lock,
             span: _,
+            left_out_marked: _,
         } = self;
         let _ = stop.send(true);
         drop(done_tx);

@@ -102,6 +102,12 @@ impl Broker {
         self.wait_ready();
     }
 
+    /// Starts the same data directory again with other extra arguments from now on.
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart();
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
     }
