@@ -123,7 +123,7 @@ impl LeftOutBodies {
             }
             return plan;
         }
-        if !lone {
+        if !lone || !entries.iter().any(has_transient_body) {
             return plan;
         }
         // Waits for an apply in progress (pure computation, never for this store): skipping
@@ -188,6 +188,17 @@ pub(crate) fn marked(db: &DB) -> bool {
 /// dropped the messages whose bodies its log left out.
 pub(crate) fn clear_mark(db: &DB) -> Result<(), rocksdb::Error> {
     db.delete_cf_opt(cf(db, CF_META), KEY_LEFT_OUT, &synced())
+}
+
+/// Whether `entry` publishes a transient message with a body: only then is the state asked.
+fn has_transient_body(entry: &LogEntry) -> bool {
+    let EntryPayload::Normal(batch) = &entry.payload else {
+        return false;
+    };
+    batch.commands.iter().any(|c| {
+        matches!(c, Command::Publish { publish, .. }
+            if !publish.message.persistent && !publish.message.body.is_empty())
+    })
 }
 
 /// The publishes of transient messages in `batch` whose bodies `state` says no restart needs,
