@@ -6,7 +6,7 @@
 //! the body of such a message is never read back from its log, and writing it there held back
 //! a transient flood: the write batch, the write-ahead log, the memtable and the memtable's
 //! flush each copy it, and the disk takes it all (scenario b, 1 KiB bodies: 260-305k consumed
-//! msg/s with the bodies written, 334-345k without; docs/benchmarks.md, session 22).
+//! msg/s with the bodies written, 333-372k without; docs/benchmarks.md, session 22).
 //!
 //! **What is left out.** In an append made while the node is lone, the body of every publish
 //! (`Command::Publish`) of a transient message that can reach only classic queues that do not
@@ -171,17 +171,9 @@ impl LeftOutBodies {
     }
 }
 
-/// Whether the log of `db` has left bodies out since the mark was last cleared. A mark that
-/// cannot be read counts as set: the start that follows then drops transient messages, which
-/// loses nothing a restart keeps.
-pub(crate) fn marked(db: &DB) -> bool {
-    match db.get_pinned_cf(cf(db, CF_META), KEY_LEFT_OUT) {
-        Ok(mark) => mark.is_some(),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the mark of left-out transient bodies; taking it as set");
-            true
-        }
-    }
+/// Whether the log of `db` has left bodies out since the mark was last cleared.
+pub(crate) fn marked(db: &DB) -> Result<bool, rocksdb::Error> {
+    Ok(db.get_pinned_cf(cf(db, CF_META), KEY_LEFT_OUT)?.is_some())
 }
 
 /// Clears the mark, synced: for a node that never leaves bodies out, once its start has

@@ -457,7 +457,8 @@ impl LogNode {
             stats,
             syncs,
         };
-        let left_out_marked = Arc::new(AtomicBool::new(crate::left_out_bodies::marked(&db)));
+        let marked = crate::left_out_bodies::marked(&db).map_err(|e| store_err(e.into()))?;
+        let left_out_marked = Arc::new(AtomicBool::new(marked));
         let admin = Arc::new(ClusterAdmin::new(
             raft.clone(),
             transport.clone(),
