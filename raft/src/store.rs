@@ -3,7 +3,8 @@
 //! One database holds three column families:
 //! - `logs`: key = log index as big-endian u64 (so RocksDB's byte order is log order), value =
 //!   one encoded log entry (see [`encode_log_entry`]);
-//! - `meta`: the vote, the last purged log id and the committed log id;
+//! - `meta`: the vote, the last purged log id, the committed log id, and the mark of
+//!   transient bodies left out (`left_out_bodies`);
 //! - `sm`: the latest state-machine snapshot (written by `state_machine.rs`).
 //!
 //! This file holds the database and [`LogStore`] (openraft's `RaftLogStorage` and
@@ -346,6 +347,7 @@ impl SyncPolicy {
         self.lone.store(lone, Ordering::Relaxed);
     }
 
+    /// Whether the node is lone now (its log may then leave transient bodies out).
     pub(crate) fn is_lone(&self) -> bool {
         self.lone.load(Ordering::Relaxed)
     }
