@@ -40,7 +40,7 @@ use crate::state_machine::Applied;
 use crate::store::{cf, synced, CF_META};
 use crate::types::LogEntry;
 use openraft::EntryPayload;
-use raftmq_broker::machine::command::{Command, Entry as CommandBatch};
+use raftmq_broker::machine::command::{Command, Entry as CommandBatch, Publish};
 use raftmq_broker::machine::State;
 use rocksdb::DB;
 use std::collections::BTreeMap;
@@ -93,12 +93,18 @@ impl LeftOutBodies {
     }
 
     /// Decides how an append of `entries` is written on a node that is (or is not) lone, and
-    /// keeps the entries it leaves bodies out of.
+    /// keeps the entries it leaves bodies out of. A node that is not lone writes everything
+    /// whole and looks at nothing: it became lone only after its whole log was applied, and
+    /// stops being lone only with an append that grows the membership, which this sees while
+    /// still lone.
     pub(crate) fn plan(&self, entries: &[LogEntry], lone: bool) -> AppendPlan {
         let mut plan = AppendPlan {
             rewrite: Vec::new(),
             left_out: vec![Vec::new(); entries.len()],
         };
+        if !lone {
+            return plan;
+        }
         let mut grows = false;
         let mut adds_routes = false;
         for entry in entries {
@@ -123,7 +129,7 @@ impl LeftOutBodies {
             }
             return plan;
         }
-        if !lone || !entries.iter().any(has_transient_body) {
+        if !entries.iter().any(has_transient_body) {
             return plan;
         }
         // Waits for an apply in progress (pure computation, never for this store): skipping
@@ -182,15 +188,28 @@ pub(crate) fn clear_mark(db: &DB) -> Result<(), rocksdb::Error> {
     db.delete_cf_opt(cf(db, CF_META), KEY_LEFT_OUT, &synced())
 }
 
+/// The publish of `command` if it is one of a transient message with a body: the only ones
+/// whose body may be left out.
+fn transient_with_body(command: &Command) -> Option<&Publish> {
+    match command {
+        Command::Publish { publish, .. }
+            if !publish.message.persistent && !publish.message.body.is_empty() =>
+        {
+            Some(publish)
+        }
+        _ => None,
+    }
+}
+
 /// Whether `entry` publishes a transient message with a body: only then is the state asked.
 fn has_transient_body(entry: &LogEntry) -> bool {
     let EntryPayload::Normal(batch) = &entry.payload else {
         return false;
     };
-    batch.commands.iter().any(|c| {
-        matches!(c, Command::Publish { publish, .. }
-            if !publish.message.persistent && !publish.message.body.is_empty())
-    })
+    batch
+        .commands
+        .iter()
+        .any(|c| transient_with_body(c).is_some())
 }
 
 /// The publishes of transient messages in `batch` whose bodies `state` says no restart needs,
@@ -200,19 +219,14 @@ fn bodies_to_leave_out(state: &State, batch: &CommandBatch) -> LeftOut {
         .commands
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| match c {
-            Command::Publish { publish, .. }
-                if !publish.message.persistent
-                    && !publish.message.body.is_empty()
-                    && !state.transient_may_outlive_restart(
-                        &publish.exchange,
-                        &publish.routing_key,
-                        &publish.message.properties,
-                    ) =>
-            {
-                Some((i as u32, publish.message.body.len() as u64))
-            }
-            _ => None,
+        .filter_map(|(i, c)| {
+            let publish = transient_with_body(c)?;
+            let outlives = state.transient_may_outlive_restart(
+                &publish.exchange,
+                &publish.routing_key,
+                &publish.message.properties,
+            );
+            (!outlives).then_some((i as u32, publish.message.body.len() as u64))
         })
         .collect()
 }

@@ -460,9 +460,9 @@ impl LogStore {
         let logs = cf(&self.db, CF_LOGS);
         let plan = self.left_out.plan(entries, self.sync.is_lone());
         let value = &mut self.encoded.0;
-        let whole = Vec::new();
+        let nothing_left_out = LeftOut::new();
         for entry in &plan.rewrite {
-            encode_log_entry_into(entry, &whole, value)
+            encode_log_entry_into(entry, &nothing_left_out, value)
                 .map_err(|e| io_err(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e))?;
             batch.put_cf(logs, index_key(entry.log_id.index), &value[..]);
         }
